@@ -1,0 +1,215 @@
+"""``sidecar serve | check-config | cleanup | mint-token``.
+
+A configuration problem prints one line (``sidecar: error: jwt.secret: ...``) and exits 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import jwt as pyjwt
+
+from sidecar import __version__
+from sidecar.config import Settings, load
+from sidecar.errors import ConfigError, SidecarError, StoreUnavailable
+
+log = logging.getLogger("sidecar")
+
+EXIT_CONFIG = 2
+EXIT_RUNTIME = 1
+
+
+def _configure_logging(settings: Settings | None) -> None:
+    level = settings.logging.level if settings is not None else "INFO"
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+async def _serve(settings: Settings) -> None:
+    from aiohttp import web
+
+    from sidecar.web import create_admin_app, create_app, open_services
+    from sidecar.web.app import runner_kwargs
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    async with open_services(settings) as services:
+        runners: list[web.AppRunner] = []
+        apps = [(create_app(settings, services), settings.server.host, settings.server.port, "public")]
+        if settings.admin.enabled:
+            apps.append((create_admin_app(settings, services), settings.admin.host, settings.admin.port, "admin"))
+        else:
+            log.warning("admin listener disabled: no admin.api_keys configured")
+        try:
+            for app, host, port, name in apps:
+                runner = web.AppRunner(app, **runner_kwargs(settings))
+                await runner.setup()
+                runners.append(runner)
+                site = web.TCPSite(runner, host, port)
+                await site.start()
+                log.info("%s listener on http://%s:%d", name, host, port)
+            print("sidecar: ready", file=sys.stderr, flush=True)
+            await stop.wait()
+            log.info("shutting down: no new connections, draining requests in flight")
+        finally:
+            # Stop accepting first, then drain in-flight requests (shutdown_timeout), then
+            # close the services (which flushes batched last_seen writes).
+            for runner in reversed(runners):
+                await runner.cleanup()
+
+
+def cmd_serve(settings: Settings) -> int:
+    try:
+        import uvloop
+    except ImportError:
+        runner = asyncio.run
+    else:
+        runner = uvloop.run
+    try:
+        runner(_serve(settings))
+    except StoreUnavailable as e:
+        print(f"sidecar: error: storage: {e}", file=sys.stderr)
+        return EXIT_RUNTIME
+    except OSError as e:
+        print(f"sidecar: error: cannot listen: {e}", file=sys.stderr)
+        return EXIT_RUNTIME
+    return 0
+
+
+def cmd_check_config(settings: Settings, path: str) -> int:
+    s = settings
+    print(f"{path}: OK")
+    print(f"  server      http://{s.server.host}:{s.server.port} (trusted proxies: "
+          f"{', '.join(map(str, s.server.trusted_proxies)) or 'none'})")
+    print(f"  jwt         {', '.join(s.jwt.algorithms)}; user claim {s.jwt.user_claim!r}, "
+          f"session claim {s.jwt.session_claim!r}")
+    print(f"  sessions    registration {s.sessions.registration}")
+    print(f"  storage     {s.storage.url}")
+    admin = f"http://{s.admin.host}:{s.admin.port}" if s.admin.enabled else "disabled"
+    print(f"  admin       {admin}")
+    print(f"  geoip       {s.geoip.database or 'none (locations read Unknown)'}")
+    return 0
+
+
+async def _cleanup(settings: Settings) -> int:
+    from sidecar.cleanup import purge_expired
+    from sidecar.sessions import store_from_settings
+
+    store = store_from_settings(settings.storage)
+    await store.open()
+    try:
+        return await purge_expired(
+            store,
+            now=time.time(),
+            keep_seconds=settings.jwt.leeway_seconds + settings.celery.cleanup_grace_seconds,
+            batch_size=settings.celery.cleanup_batch_size,
+        )
+    finally:
+        await store.close()
+
+
+def cmd_cleanup(settings: Settings) -> int:
+    try:
+        deleted = asyncio.run(_cleanup(settings))
+    except StoreUnavailable as e:
+        print(f"sidecar: error: storage: {e}", file=sys.stderr)
+        return EXIT_RUNTIME
+    print(f"deleted {deleted} expired session(s)")
+    return 0
+
+
+def cmd_mint_token(settings: Settings, args: argparse.Namespace) -> int:
+    j = settings.jwt
+    if not j.development_hmac_only or j.secret is None:
+        print(
+            "sidecar: error: mint-token only works with an HS* development config "
+            "(jwt.algorithms all HS256/HS384/HS512 and a jwt.secret)",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
+    now = int(time.time())
+    claims: dict[str, Any] = {j.user_claim: args.sub, "iat": now, "exp": now + args.ttl}
+    if not args.no_session:
+        claims[j.session_claim] = args.sid or str(uuid.uuid4())
+    if j.token_type_claim and j.access_token_type:
+        claims[j.token_type_claim] = args.type or j.access_token_type
+    if j.issuer:
+        claims["iss"] = j.issuer
+    if j.audience:
+        claims["aud"] = j.audience[0]
+    for item in args.claim:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            print(f"sidecar: error: --claim {item!r}: use NAME=VALUE", file=sys.stderr)
+            return EXIT_CONFIG
+        claims[name] = value
+    print(pyjwt.encode(claims, j.secret, algorithm=j.algorithms[0]))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sidecar", description="Session control for JWT-based APIs.")
+    parser.add_argument("--version", action="version", version=f"sidecar {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--config", "-c", required=True, metavar="PATH", help="TOML configuration file")
+        return p
+
+    with_config(sub.add_parser("serve", help="run the check, the sessions API and the admin API"))
+    with_config(sub.add_parser("check-config", help="validate a configuration file and summarise it"))
+    with_config(sub.add_parser("cleanup", help="delete expired sessions once, then exit"))
+    mint = with_config(sub.add_parser("mint-token", help="print a signed test token (HS* development configs only)"))
+    mint.add_argument("--sub", required=True, help="the user id")
+    mint.add_argument("--sid", help="the session id claim (default: a new UUID, i.e. a new session)")
+    mint.add_argument("--no-session", action="store_true", help="omit the session claim")
+    mint.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds (default 3600)")
+    mint.add_argument("--type", help="token type claim value (default: the configured access type)")
+    mint.add_argument("--claim", action="append", default=[], metavar="NAME=VALUE", help="an extra string claim")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load(args.config)
+    except ConfigError as e:
+        print(f"sidecar: error: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.command == "check-config":
+        return cmd_check_config(settings, args.config)
+    if args.command == "mint-token":
+        return cmd_mint_token(settings, args)
+    _configure_logging(settings)
+    try:
+        if args.command == "serve":
+            return cmd_serve(settings)
+        return cmd_cleanup(settings)
+    except SidecarError as e:
+        print(f"sidecar: error: {e}", file=sys.stderr)
+        return EXIT_RUNTIME
+    except ValueError as e:  # e.g. a GeoIP file that is not a MaxMind database
+        print(f"sidecar: error: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    finally:
+        with contextlib.suppress(Exception):
+            logging.shutdown()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,518 @@
+"""Configuration: one TOML file -> a frozen ``Settings`` tree, validated before serving.
+
+Every problem raises ``ConfigError`` with one line that names the key, e.g.
+``jwt.secret: HS256 needs a secret of at least 32 bytes (got 11)``. Unknown keys are
+errors too, so a typo never silently falls back to a default.
+
+Nothing here runs at import time; ``load(path)`` is the only entry point that touches the
+file system or the environment.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar, cast
+from urllib.parse import urlsplit
+
+from sidecar.errors import ConfigError
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+HMAC_ALGORITHMS = {"HS256": 32, "HS384": 48, "HS512": 64}
+RSA_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"})
+EC_ALGORITHMS = frozenset({"ES256", "ES384", "ES512"})
+OKP_ALGORITHMS = frozenset({"EdDSA"})
+SUPPORTED_ALGORITHMS = frozenset(HMAC_ALGORITHMS) | RSA_ALGORITHMS | EC_ALGORITHMS | OKP_ALGORITHMS
+# Identity headers the check always sets; claim_headers may not reuse them.
+RESERVED_HEADERS = frozenset({"x-auth-user", "x-auth-session"})
+
+Registration = Literal["auto", "explicit"]
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = 1
+    trusted_proxies: tuple[IPNetwork, ...] = ()
+    shutdown_timeout_seconds: float = 10.0
+    access_log: bool = False
+
+
+@dataclass(frozen=True)
+class JwtSettings:
+    algorithms: tuple[str, ...] = ()
+    secret: bytes | None = field(default=None, repr=False)
+    public_keys: tuple[bytes, ...] = field(default=(), repr=False)
+    jwks_url: str | None = None
+    jwks_cache_seconds: float = 300.0
+    jwks_refresh_cooldown_seconds: float = 30.0
+    issuer: str | None = None
+    audience: tuple[str, ...] = ()
+    leeway_seconds: float = 10.0
+    user_claim: str = "sub"
+    session_claim: str = "sid"
+    token_type_claim: str | None = None
+    access_token_type: str | None = None
+    claim_headers: Mapping[str, str] = field(default_factory=dict)
+    max_token_bytes: int = 8192
+    verified_cache_size: int = 100_000
+
+    @property
+    def development_hmac_only(self) -> bool:
+        """True for a config that only uses HMAC algorithms (what mint-token accepts)."""
+        return bool(self.algorithms) and all(a in HMAC_ALGORITHMS for a in self.algorithms)
+
+
+@dataclass(frozen=True)
+class SessionSettings:
+    registration: Registration = "auto"
+    last_seen_flush_seconds: float = 5.0
+    state_cache_size: int = 1_000_000
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    url: str = "sqlite:///sidecar.db"
+    busy_timeout_ms: int = 5000
+
+    @property
+    def backend(self) -> Literal["sqlite", "postgresql"]:
+        return "postgresql" if self.url.startswith(("postgresql://", "postgres://")) else "sqlite"
+
+    @property
+    def sqlite_path(self) -> Path:
+        """The file of a ``sqlite:///rel.db`` / ``sqlite:////abs.db`` URL (SQLAlchemy spelling)."""
+        return Path(self.url[len("sqlite:///") :])
+
+
+@dataclass(frozen=True)
+class RedisSettings:
+    url: str | None = None
+
+
+@dataclass(frozen=True)
+class CelerySettings:
+    broker_url: str | None = None
+    cleanup_interval_seconds: float = 300.0
+    cleanup_grace_seconds: float = 3600.0
+    cleanup_batch_size: int = 1000
+
+
+@dataclass(frozen=True)
+class GeoipSettings:
+    database: Path | None = None
+
+
+@dataclass(frozen=True)
+class AdminSettings:
+    host: str = "127.0.0.1"
+    port: int = 8081
+    api_keys: tuple[str, ...] = field(default=(), repr=False)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.api_keys)
+
+
+@dataclass(frozen=True)
+class LoggingSettings:
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+@dataclass(frozen=True)
+class Settings:
+    server: ServerSettings = field(default_factory=ServerSettings)
+    jwt: JwtSettings = field(default_factory=JwtSettings)
+    sessions: SessionSettings = field(default_factory=SessionSettings)
+    storage: StorageSettings = field(default_factory=StorageSettings)
+    redis: RedisSettings = field(default_factory=RedisSettings)
+    celery: CelerySettings = field(default_factory=CelerySettings)
+    geoip: GeoipSettings = field(default_factory=GeoipSettings)
+    admin: AdminSettings = field(default_factory=AdminSettings)
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate the TOML file at ``path``; raise ``ConfigError`` on any problem."""
+    p = Path(path)
+    try:
+        raw = tomllib.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise ConfigError(f"{p}: no such config file") from e
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{p}: cannot read config file: {e}") from e
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{p}: not valid TOML: {e}") from e
+    return from_mapping(raw, environ=os.environ if environ is None else environ, base_dir=p.parent)
+
+
+def from_mapping(
+    raw: Mapping[str, Any], *, environ: Mapping[str, str], base_dir: Path
+) -> Settings:
+    """Validate an already parsed TOML document (tests build configs this way too)."""
+    sections = {
+        "server", "jwt", "sessions", "storage", "redis", "celery", "geoip", "admin", "logging",
+    }
+    for name, value in raw.items():
+        if name not in sections:
+            raise ConfigError(f"{name}: unknown section (expected one of {', '.join(sorted(sections))})")
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{name}: must be a table")
+    r = _Reader(raw, environ, base_dir)
+    settings = Settings(
+        server=_server(r.section("server")),
+        jwt=_jwt(r.section("jwt")),
+        sessions=_sessions(r.section("sessions")),
+        storage=_storage(r.section("storage")),
+        redis=_redis(r.section("redis")),
+        celery=_celery(r.section("celery")),
+        geoip=_geoip(r.section("geoip")),
+        admin=_admin(r.section("admin")),
+        logging=_logging(r.section("logging")),
+    )
+    if settings.sessions.registration == "explicit" and not settings.admin.enabled:
+        raise ConfigError(
+            "sessions.registration: 'explicit' needs admin.api_keys, "
+            "or no auth service could register sessions"
+        )
+    return settings
+
+
+T = TypeVar("T")
+
+
+class _Section:
+    """Typed access to one TOML table that remembers which keys were read."""
+
+    def __init__(self, name: str, data: Mapping[str, Any], environ: Mapping[str, str], base: Path):
+        self.name = name
+        self.data = data
+        self.environ = environ
+        self.base = base
+        self.allowed: set[str] = set()
+
+    def key(self, k: str) -> str:
+        return f"{self.name}.{k}"
+
+    def get(self, k: str, typ: type[T] | tuple[type, ...], default: T) -> T:
+        self.allowed.add(k)
+        if k not in self.data:
+            return default
+        v = self.data[k]
+        types = typ if isinstance(typ, tuple) else (typ,)
+        ok = isinstance(v, types)
+        # bool is an int subclass in Python but never a number in a config file.
+        if isinstance(v, bool) and bool not in types:
+            ok = False
+        if float in types and isinstance(v, int) and not isinstance(v, bool):
+            ok = True
+            v = float(v)
+        if not ok:
+            names = " or ".join(_type_name(t) for t in types)
+            raise ConfigError(f"{self.key(k)}: must be {names}, got {_type_name(type(v))}")
+        return cast(T, v)
+
+    def number(self, k: str, default: float, *, minimum: float, maximum: float = math.inf) -> float:
+        v = self.get(k, float, default)
+        if not (minimum <= v <= maximum) or math.isnan(v):
+            raise ConfigError(f"{self.key(k)}: must be between {minimum:g} and {maximum:g}, got {v:g}")
+        return v
+
+    def integer(self, k: str, default: int, *, minimum: int, maximum: int) -> int:
+        v = self.get(k, int, default)
+        if not minimum <= v <= maximum:
+            raise ConfigError(f"{self.key(k)}: must be between {minimum} and {maximum}, got {v}")
+        return v
+
+    def optional_str(self, k: str) -> str | None:
+        v = self.get(k, str, "")
+        return v or None
+
+    def str_list(self, k: str) -> tuple[str, ...]:
+        v: list[Any] | str = self.get(k, (list, str), [])
+        items = [v] if isinstance(v, str) else list(v)
+        for i, item in enumerate(items):
+            if not isinstance(item, str):
+                raise ConfigError(f"{self.key(k)}[{i}]: must be a string")
+        return tuple(items)
+
+    def path(self, p: str) -> Path:
+        candidate = Path(p).expanduser()
+        return candidate if candidate.is_absolute() else self.base / candidate
+
+    def read_file(self, k: str, p: str) -> bytes:
+        path = self.path(p)
+        try:
+            return path.read_bytes()
+        except OSError as e:
+            raise ConfigError(f"{self.key(k)}: cannot read {path}: {e.strerror or e}") from e
+
+    def secret(self, k: str) -> str | None:
+        """A secret given as ``k``, ``k_env`` (environment variable name) or ``k_file``."""
+        direct = self.get(k, str, "")
+        env_name = self.get(f"{k}_env", str, "")
+        file_name = self.get(f"{k}_file", str, "")
+        given = [n for n, v in ((k, direct), (f"{k}_env", env_name), (f"{k}_file", file_name)) if v]
+        if len(given) > 1:
+            raise ConfigError(f"{self.key(k)}: set only one of {', '.join(given)}")
+        if env_name:
+            if env_name not in self.environ:
+                raise ConfigError(f"{self.key(k + '_env')}: environment variable {env_name} is not set")
+            return self.environ[env_name]
+        if file_name:
+            data = self.read_file(f"{k}_file", file_name)
+            try:
+                return data.decode("utf-8").strip()
+            except UnicodeDecodeError as e:
+                raise ConfigError(f"{self.key(k + '_file')}: is not UTF-8 text") from e
+        return direct or None
+
+    def finish(self) -> None:
+        for k in self.data:
+            if k not in self.allowed:
+                raise ConfigError(f"{self.key(k)}: unknown key")
+
+
+class _Reader:
+    def __init__(self, raw: Mapping[str, Any], environ: Mapping[str, str], base: Path):
+        self.raw = raw
+        self.environ = environ
+        self.base = base
+
+    def section(self, name: str) -> _Section:
+        return _Section(name, self.raw.get(name, {}), self.environ, self.base)
+
+
+def _type_name(t: type) -> str:
+    return {
+        str: "a string", int: "an integer", float: "a number", bool: "true or false",
+        list: "a list", dict: "a table",
+    }.get(t, t.__name__)
+
+
+def _finish(s: _Section, value: T) -> T:
+    s.finish()
+    return value
+
+
+def _port(s: _Section, k: str, default: int) -> int:
+    return s.integer(k, default, minimum=0, maximum=65535)
+
+
+def _server(s: _Section) -> ServerSettings:
+    proxies: list[IPNetwork] = []
+    for item in s.str_list("trusted_proxies"):
+        try:
+            proxies.append(ipaddress.ip_network(item, strict=False))
+        except ValueError as e:
+            raise ConfigError(f"server.trusted_proxies: {item!r} is not an IP address or network") from e
+    workers = s.integer("workers", 1, minimum=1, maximum=256)
+    if workers != 1:
+        raise ConfigError(
+            "server.workers: only 1 is supported in this version "
+            "(several processes need the shared store and revocation push)"
+        )
+    return _finish(s, ServerSettings(
+        host=s.get("host", str, "127.0.0.1"),
+        port=_port(s, "port", 8080),
+        workers=workers,
+        trusted_proxies=tuple(proxies),
+        shutdown_timeout_seconds=s.number("shutdown_timeout_seconds", 10.0, minimum=0, maximum=600),
+        access_log=s.get("access_log", bool, False),
+    ))
+
+
+def _claim_name(s: _Section, k: str, default: str) -> str:
+    v = s.get(k, str, default)
+    if not v:
+        raise ConfigError(f"{s.key(k)}: must not be empty")
+    return v
+
+
+def _jwt(s: _Section) -> JwtSettings:
+    algorithms = s.str_list("algorithms")
+    if not algorithms:
+        raise ConfigError("jwt.algorithms: list at least one algorithm, e.g. [\"HS256\"]")
+    for a in algorithms:
+        if a not in SUPPORTED_ALGORITHMS:
+            # RFC 8725 section 3.1: "none" and unknown names are never accepted.
+            raise ConfigError(
+                f"jwt.algorithms: {a!r} is not supported "
+                f"(use {', '.join(sorted(SUPPORTED_ALGORITHMS))})"
+            )
+    hmac = [a for a in algorithms if a in HMAC_ALGORITHMS]
+    asymmetric = [a for a in algorithms if a not in HMAC_ALGORITHMS]
+
+    secret_text = s.secret("secret")
+    secret = secret_text.encode("utf-8") if secret_text is not None else None
+    if hmac and secret is None:
+        raise ConfigError(f"jwt.secret: {hmac[0]} needs a secret (secret, secret_env or secret_file)")
+    if secret is not None and not hmac:
+        raise ConfigError("jwt.secret: set, but no HS* algorithm is listed in jwt.algorithms")
+    if secret is not None:
+        for a in hmac:
+            # RFC 7518 section 3.2: the key must be at least as long as the hash output.
+            need = HMAC_ALGORITHMS[a]
+            if len(secret) < need:
+                raise ConfigError(
+                    f"jwt.secret: {a} needs a secret of at least {need} bytes (got {len(secret)})"
+                )
+
+    key_files = s.str_list("public_key_file")
+    public_keys = tuple(s.read_file("public_key_file", f) for f in key_files)
+    jwks_url = s.optional_str("jwks_url")
+    if jwks_url is not None:
+        parts = urlsplit(jwks_url)
+        if parts.scheme not in ("https", "http") or not parts.netloc:
+            raise ConfigError("jwt.jwks_url: must be an http(s) URL")
+    if asymmetric and not public_keys and jwks_url is None:
+        raise ConfigError(f"jwt.public_key_file: {asymmetric[0]} needs public_key_file or jwks_url")
+    if (public_keys or jwks_url) and not asymmetric:
+        raise ConfigError("jwt.algorithms: public keys are configured but no RS/PS/ES/EdDSA algorithm is listed")
+    if public_keys:
+        _check_public_keys(public_keys, key_files, asymmetric)
+
+    token_type_claim = s.optional_str("token_type_claim")
+    access_token_type = s.optional_str("access_token_type")
+    if (token_type_claim is None) != (access_token_type is None):
+        raise ConfigError("jwt.access_token_type: set both token_type_claim and access_token_type, or neither")
+
+    headers: dict[str, str] = {}
+    raw_headers = s.get("claim_headers", dict, {})
+    for claim, header in raw_headers.items():
+        if not isinstance(header, str) or not header.lower().startswith("x-auth-") or not _is_token(header):
+            raise ConfigError(f"jwt.claim_headers.{claim}: header name must start with X-Auth- (got {header!r})")
+        if header.lower() in RESERVED_HEADERS:
+            raise ConfigError(f"jwt.claim_headers.{claim}: {header} is set by the sidecar itself")
+        headers[claim] = header
+
+    return _finish(s, JwtSettings(
+        algorithms=algorithms,
+        secret=secret,
+        public_keys=public_keys,
+        jwks_url=jwks_url,
+        jwks_cache_seconds=s.number("jwks_cache_seconds", 300.0, minimum=1, maximum=86400),
+        jwks_refresh_cooldown_seconds=s.number("jwks_refresh_cooldown_seconds", 30.0, minimum=0, maximum=3600),
+        issuer=s.optional_str("issuer"),
+        audience=s.str_list("audience"),
+        leeway_seconds=s.number("leeway_seconds", 10.0, minimum=0, maximum=300),
+        user_claim=_claim_name(s, "user_claim", "sub"),
+        session_claim=_claim_name(s, "session_claim", "sid"),
+        token_type_claim=token_type_claim,
+        access_token_type=access_token_type,
+        claim_headers=headers,
+        max_token_bytes=s.integer("max_token_bytes", 8192, minimum=256, maximum=65536),
+        verified_cache_size=s.integer("verified_cache_size", 100_000, minimum=0, maximum=10_000_000),
+    ))
+
+
+def _is_token(name: str) -> bool:
+    # RFC 9110 section 5.6.2 token characters.
+    allowed = set("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+    return bool(name) and all(c in allowed for c in name)
+
+
+def _check_public_keys(keys: tuple[bytes, ...], names: tuple[str, ...], algorithms: list[str]) -> None:
+    """Every key file must hold a public key usable by at least one listed algorithm."""
+    from sidecar.tokens.keys import load_public_key  # cryptography is heavy; load only when needed
+
+    for name, data in zip(names, keys, strict=True):
+        try:
+            load_public_key(data, algorithms)
+        except ValueError as e:
+            raise ConfigError(f"jwt.public_key_file: {name}: {e}") from e
+
+
+def _sessions(s: _Section) -> SessionSettings:
+    registration = s.get("registration", str, "auto")
+    if registration not in ("auto", "explicit"):
+        raise ConfigError(f"sessions.registration: must be 'auto' or 'explicit', got {registration!r}")
+    return _finish(s, SessionSettings(
+        registration=cast(Registration, registration),
+        last_seen_flush_seconds=s.number("last_seen_flush_seconds", 5.0, minimum=0.05, maximum=3600),
+        state_cache_size=s.integer("state_cache_size", 1_000_000, minimum=1000, maximum=100_000_000),
+    ))
+
+
+def _storage(s: _Section) -> StorageSettings:
+    url = s.get("url", str, "sqlite:///sidecar.db")
+    if url.startswith("sqlite:///"):
+        path = url[len("sqlite:///") :]
+        if not path or path == ":memory:":
+            raise ConfigError("storage.url: needs a file, e.g. sqlite:///sidecar.db (in-memory is not durable)")
+    elif url.startswith(("postgresql://", "postgres://")):
+        raise ConfigError("storage.url: PostgreSQL is not supported in this version; use sqlite:///FILE")
+    else:
+        raise ConfigError("storage.url: must start with sqlite:/// (e.g. sqlite:///sidecar.db)")
+    return _finish(s, StorageSettings(
+        url=url,
+        busy_timeout_ms=s.integer("busy_timeout_ms", 5000, minimum=0, maximum=600_000),
+    ))
+
+
+def _redis(s: _Section) -> RedisSettings:
+    url = s.optional_str("url")
+    if url is not None and not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError("redis.url: must start with redis://, rediss:// or unix://")
+    return _finish(s, RedisSettings(url=url))
+
+
+def _celery(s: _Section) -> CelerySettings:
+    broker = s.optional_str("broker_url")
+    return _finish(s, CelerySettings(
+        broker_url=broker,
+        cleanup_interval_seconds=s.number("cleanup_interval_seconds", 300.0, minimum=1, maximum=86400 * 7),
+        cleanup_grace_seconds=s.number("cleanup_grace_seconds", 3600.0, minimum=0, maximum=86400 * 365),
+        cleanup_batch_size=s.integer("cleanup_batch_size", 1000, minimum=1, maximum=100_000),
+    ))
+
+
+def _geoip(s: _Section) -> GeoipSettings:
+    db = s.optional_str("database")
+    path = None
+    if db is not None:
+        path = s.path(db)
+        try:
+            with path.open("rb"):
+                pass
+        except OSError as e:
+            raise ConfigError(f"geoip.database: cannot read {path}: {e.strerror or e}") from e
+    return _finish(s, GeoipSettings(database=path))
+
+
+def _admin(s: _Section) -> AdminSettings:
+    keys: tuple[str, ...] = s.str_list("api_keys")
+    env_name = s.get("api_keys_env", str, "")
+    if env_name:
+        if keys:
+            raise ConfigError("admin.api_keys: set only one of api_keys, api_keys_env")
+        if env_name not in s.environ:
+            raise ConfigError(f"admin.api_keys_env: environment variable {env_name} is not set")
+        keys = tuple(k.strip() for k in s.environ[env_name].split(",") if k.strip())
+    for k in keys:
+        if len(k) < 16:
+            raise ConfigError("admin.api_keys: every key must be at least 16 characters")
+        if not k.isascii() or not k.isprintable() or " " in k:
+            raise ConfigError("admin.api_keys: keys must be printable ASCII without spaces")
+    return _finish(s, AdminSettings(
+        host=s.get("host", str, "127.0.0.1"),
+        port=_port(s, "port", 8081),
+        api_keys=keys,
+    ))
+
+
+def _logging(s: _Section) -> LoggingSettings:
+    level = s.get("level", str, "INFO").upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ConfigError(f"logging.level: must be DEBUG, INFO, WARNING or ERROR, got {level!r}")
+    return _finish(s, LoggingSettings(level=cast(Any, level)))

@@ -1,0 +1,43 @@
+"""The small exception tree every layer speaks.
+
+Library errors (PyJWT, sqlite3, asyncpg, aiohttp client) are converted into these at
+the edge of the module that calls the library, with ``raise ... from e``. The web layer
+maps them to HTTP in one place (``sidecar.web.errors``).
+"""
+
+from __future__ import annotations
+
+
+class SidecarError(Exception):
+    """Base of every error this package raises on purpose."""
+
+
+class ConfigError(SidecarError):
+    """The configuration cannot be used; the message names the key."""
+
+
+class InvalidToken(SidecarError):
+    """A token was refused. ``reason`` is a short machine code for logs and metrics.
+
+    The reason is never sent to the client: a deny says nothing about why.
+    """
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+class SessionRejected(InvalidToken):
+    """The token verified, but its session is not active (revoked, unknown, cut off)."""
+
+
+class StoreUnavailable(SidecarError):
+    """The session store could not answer (down, locked past the timeout, I/O error).
+
+    On the check path this denies; on a write path it is a 503, never a success.
+    """
+
+
+class KeysUnavailable(SidecarError):
+    """No verification key could be obtained (JWKS endpoint unreachable, bad document)."""

@@ -1,0 +1,309 @@
+"""Session rules: is this token's session active, register it, revoke it.
+
+State that decides access lives in memory (``_states`` by session key, ``_cutoffs`` by
+user), filled from the store on a miss and kept true by this process's own writes. Two
+rules keep it from ever serving a stale "active" (SECURITY_CASES C27, C28):
+
+1. A revocation commits to the store first, then *overwrites* the memory entry, then
+   bumps ``_generation``.
+2. A load from the store never overwrites an entry that is already in memory, and is
+   thrown away and repeated if ``_generation`` moved while it was reading.
+
+So a read that started before a revoke either sees the revoke in the store, or finds the
+tombstone in memory, or notices the generation change. ``last_seen`` and the latest token
+expiry are batched in ``_pending`` and flushed every few seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Final
+
+from sidecar.clock import Clock
+from sidecar.config import Registration
+from sidecar.enrich.client_ip import IPAddress
+from sidecar.errors import InvalidToken, SessionRejected, StoreUnavailable
+from sidecar.sessions.models import Cutoff, Session, Touch
+from sidecar.sessions.store import SessionStore
+from sidecar.tokens.claims import Claims
+
+log = logging.getLogger(__name__)
+
+_LOAD_ATTEMPTS: Final = 5
+
+
+@dataclass(frozen=True, slots=True)
+class ClientInfo:
+    """Who is asking: recorded when a session is first registered."""
+
+    ip: IPAddress | None
+    user_agent: str | None
+
+
+@dataclass(slots=True)
+class _State:
+    id: str
+    user_id: str
+    revoked: bool
+    expires_at: float
+
+
+class _Missing:
+    pass
+
+
+_MISSING: Final = _Missing()
+CutoffEntry = Cutoff | None | _Missing
+
+
+class SessionService:
+    def __init__(
+        self,
+        store: SessionStore,
+        clock: Clock,
+        *,
+        registration: Registration,
+        describe_device: Callable[[str | None], str],
+        locate: Callable[[IPAddress | None], str],
+        state_cache_size: int = 1_000_000,
+        flush_interval: float = 5.0,
+    ) -> None:
+        self.store = store
+        self._clock = clock
+        self._registration = registration
+        self._describe_device = describe_device
+        self._locate = locate
+        self._cache_size = state_cache_size
+        self._flush_interval = flush_interval
+        self._states: OrderedDict[str, _State] = OrderedDict()
+        self._cutoffs: OrderedDict[str, Cutoff | None] = OrderedDict()
+        self._generation = 0
+        self._pending: dict[str, Touch] = {}
+        self._flusher: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
+
+    async def stop(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+            self._flusher = None
+        await self.flush()
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._flush_interval)
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Write batched last_seen/expiry updates; on failure keep them for the next try."""
+        if not self._pending:
+            return
+        batch, self._pending = self._pending, {}
+        try:
+            await self.store.touch(list(batch.values()))
+        except StoreUnavailable as e:
+            log.warning("sessions: could not write %d activity updates: %s", len(batch), e)
+            for t in batch.values():
+                self._note(t.session_id, t.last_seen, t.expires_at)
+
+    def _note(self, session_id: str, last_seen: float, expires_at: float) -> None:
+        prev = self._pending.get(session_id)
+        if prev is not None:
+            last_seen = max(last_seen, prev.last_seen)
+            expires_at = max(expires_at, prev.expires_at)
+        self._pending[session_id] = Touch(session_id, last_seen, expires_at)
+
+    # ------------------------------------------------------------------ memory
+
+    def _remember(self, key: str, state: _State, *, overwrite: bool) -> _State:
+        present = self._states.get(key)
+        if present is not None and not overwrite:
+            self._states.move_to_end(key)
+            return present
+        self._states[key] = state
+        self._states.move_to_end(key)
+        if len(self._states) > self._cache_size:
+            self._states.popitem(last=False)
+        return state
+
+    def _remember_cutoff(self, user_id: str, cutoff: Cutoff | None, *, overwrite: bool) -> Cutoff | None:
+        if user_id in self._cutoffs and not overwrite:
+            self._cutoffs.move_to_end(user_id)
+            return self._cutoffs[user_id]
+        self._cutoffs[user_id] = cutoff
+        self._cutoffs.move_to_end(user_id)
+        if len(self._cutoffs) > self._cache_size:
+            self._cutoffs.popitem(last=False)
+        return cutoff
+
+    @staticmethod
+    def _state_of(s: Session) -> _State:
+        return _State(s.id, s.user_id, s.revoked_at is not None, s.expires_at)
+
+    async def _load(self, claims: Claims, need_state: bool, need_cutoff: bool) -> tuple[_State | None, CutoffEntry]:
+        """Read what memory lacks; install it unless a revocation raced the read."""
+        for _ in range(_LOAD_ATTEMPTS):
+            generation = self._generation
+            row = await self.store.get_by_key(claims.session_key) if need_state else None
+            cutoff = await self.store.get_cutoff(claims.user_id) if need_cutoff else None
+            if generation != self._generation:
+                continue  # a revocation landed while we read: read again
+            state: _State | None = self._states.get(claims.session_key)
+            if need_state and row is not None:
+                state = self._remember(claims.session_key, self._state_of(row), overwrite=False)
+            entry: CutoffEntry = self._cutoffs.get(claims.user_id, _MISSING)
+            if need_cutoff:
+                entry = self._remember_cutoff(claims.user_id, cutoff, overwrite=False)
+            return state, entry
+        raise StoreUnavailable("session state kept changing during the read")
+
+    # ------------------------------------------------------------------ the check
+
+    async def check(self, claims: Claims, client: ClientInfo) -> str:
+        """Return the session id when the token's session is active, else raise.
+
+        Raises ``SessionRejected`` for a decided deny and ``StoreUnavailable`` when the
+        state cannot be established; callers deny on both (fail closed).
+        """
+        key = claims.session_key
+        state = self._states.get(key)
+        entry: CutoffEntry = self._cutoffs.get(claims.user_id, _MISSING)
+        if state is None or isinstance(entry, _Missing):
+            state, entry = await self._load(claims, state is None, isinstance(entry, _Missing))
+        else:
+            self._states.move_to_end(key)
+
+        now = self._clock.wall()
+        if state is not None:
+            if state.user_id != claims.user_id:
+                raise SessionRejected("session_user_mismatch")
+            if state.revoked:
+                # Keep the tombstone alive as long as tokens of the session keep coming.
+                if claims.expires_at > state.expires_at:
+                    state.expires_at = claims.expires_at
+                    self._note(state.id, now, claims.expires_at)
+                raise SessionRejected("revoked")
+        if isinstance(entry, Cutoff) and entry.refuses(key, claims.issued_at):
+            raise SessionRejected("cut_off")
+        if state is None:
+            if self._registration == "explicit":
+                raise SessionRejected("unknown_session")
+            session, _ = await self._register(claims, client)
+            # The insert awaited: re-read memory, where a racing revocation or cut-off
+            # would have landed.
+            state = self._states.get(key)
+            if state is None or state.revoked:
+                raise SessionRejected("revoked")
+            entry = self._cutoffs.get(claims.user_id, _MISSING)
+            if isinstance(entry, Cutoff) and entry.refuses(key, claims.issued_at):
+                raise SessionRejected("cut_off")
+            return session.id
+
+        state.expires_at = max(state.expires_at, claims.expires_at)
+        self._note(state.id, now, state.expires_at)
+        return state.id
+
+    # ------------------------------------------------------------------ registration
+
+    async def _register(self, claims: Claims, client: ClientInfo) -> tuple[Session, bool]:
+        now = self._clock.wall()
+        candidate = Session(
+            id=str(uuid.uuid4()),
+            session_key=claims.session_key,
+            user_id=claims.user_id,
+            created_at=now,
+            last_seen=now,
+            expires_at=claims.expires_at,
+            revoked_at=None,
+            ip_address=str(client.ip) if client.ip is not None else None,
+            device=self._describe_device(client.user_agent),
+            location=self._locate(client.ip),
+        )
+        for _ in range(_LOAD_ATTEMPTS):
+            generation = self._generation
+            row, created = await self.store.insert(candidate)
+            if generation == self._generation:
+                if created:
+                    log.info("sessions: registered %s for user %s", row.id, row.user_id)
+                self._remember(claims.session_key, self._state_of(row), overwrite=False)
+                return row, created
+        raise StoreUnavailable("session state kept changing during registration")
+
+    async def register(self, claims: Claims, client: ClientInfo) -> tuple[Session, bool]:
+        """Register a token's session on behalf of the auth service (admin API).
+
+        Returns (session, created). A session that is already revoked, or a token issued
+        before the user's cut-off, cannot be registered (``SessionRejected``).
+        """
+        cutoff = await self.store.get_cutoff(claims.user_id)
+        if cutoff is not None and cutoff.refuses(claims.session_key, claims.issued_at):
+            raise SessionRejected("cut_off")
+        session, created = await self._register(claims, client)
+        if session.user_id != claims.user_id:
+            raise SessionRejected("session_user_mismatch")
+        if session.revoked_at is not None:
+            raise SessionRejected("revoked")
+        return session, created
+
+    # ------------------------------------------------------------------ reading
+
+    def _with_pending(self, s: Session) -> Session:
+        t = self._pending.get(s.id)
+        if t is None:
+            return s
+        return replace(s, last_seen=max(s.last_seen, t.last_seen), expires_at=max(s.expires_at, t.expires_at))
+
+    async def list_active(self, user_id: str) -> list[Session]:
+        now = self._clock.wall()
+        return [self._with_pending(s) for s in await self.store.list_active(user_id, now)]
+
+    async def get_active(self, session_id: str, user_id: str | None) -> Session | None:
+        """The session if it exists, is active, and (when given) belongs to ``user_id``."""
+        s = await self.store.get(session_id)
+        if s is None or (user_id is not None and s.user_id != user_id):
+            return None
+        s = self._with_pending(s)
+        return s if s.is_active(self._clock.wall()) else None
+
+    # ------------------------------------------------------------------ revoking
+
+    async def revoke(self, session_id: str, user_id: str | None) -> Session | None:
+        """Revoke one session (of ``user_id`` when given). None: no such session for them.
+
+        Idempotent: revoking a revoked or expired session of the user succeeds again.
+        Returns only after the store committed and this process refuses the session.
+        """
+        existing = await self.store.get(session_id)
+        if existing is None or (user_id is not None and existing.user_id != user_id):
+            return None
+        row = await self.store.revoke(session_id, self._clock.wall())
+        if row is None:  # deleted by cleanup in between: nothing left to refuse
+            return existing
+        self._remember(row.session_key, self._state_of(row), overwrite=True)
+        self._generation += 1
+        return row
+
+    async def revoke_user(self, user_id: str, keep_session_key: str | None) -> list[Session]:
+        """Revoke every session of the user except ``keep_session_key`` and cut off
+        every older token. Returns the sessions it revoked."""
+        now = self._clock.wall()
+        rows = await self.store.revoke_user(user_id, now, keep_session_key)
+        for row in rows:
+            self._remember(row.session_key, self._state_of(row), overwrite=True)
+        self._remember_cutoff(user_id, Cutoff(user_id, now, keep_session_key), overwrite=True)
+        self._generation += 1
+        return rows
+
+
+__all__ = ["ClientInfo", "InvalidToken", "SessionRejected", "SessionService"]

@@ -1,0 +1,268 @@
+"""SQLite backend (aiosqlite): the embedded default.
+
+Two connections: one writer, used by one transaction at a time (an ``asyncio.Lock``),
+and one reader, which in WAL mode never waits on the writer and sees only committed rows.
+``synchronous=FULL`` makes a commit durable before it returns (a revoke survives kill -9
+and power loss; SECURITY_CASES D36). Every statement is parameterised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from sidecar.errors import StoreUnavailable
+from sidecar.sessions.models import Cutoff, Session, Touch
+
+log = logging.getLogger(__name__)
+
+# Versioned migrations, applied in order inside one transaction each. Never edit a
+# released step; append a new one.
+MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
+    (
+        1,
+        (
+            """
+            CREATE TABLE sessions (
+                id          TEXT PRIMARY KEY,
+                session_key TEXT NOT NULL UNIQUE,
+                user_id     TEXT NOT NULL,
+                created_at  REAL NOT NULL,
+                last_seen   REAL NOT NULL,
+                expires_at  REAL NOT NULL,
+                revoked_at  REAL,
+                ip_address  TEXT,
+                device      TEXT NOT NULL,
+                location    TEXT NOT NULL
+            )
+            """,
+            "CREATE INDEX sessions_by_user ON sessions (user_id, created_at)",
+            "CREATE INDEX sessions_by_expiry ON sessions (expires_at)",
+            """
+            CREATE TABLE user_cutoffs (
+                user_id            TEXT PRIMARY KEY,
+                cutoff_at          REAL NOT NULL,
+                exempt_session_key TEXT
+            )
+            """,
+        ),
+    ),
+)
+SCHEMA_VERSION = MIGRATIONS[-1][0]
+
+_COLUMNS = "id, session_key, user_id, created_at, last_seen, expires_at, revoked_at, ip_address, device, location"
+
+
+def _session(row: Iterable[Any]) -> Session:
+    return Session(*row)
+
+
+class SqliteStore:
+    def __init__(self, path: Path, *, busy_timeout_ms: int = 5000) -> None:
+        self.path = path
+        self.busy_timeout_ms = busy_timeout_ms
+        self._writer: aiosqlite.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
+        self._write_lock = asyncio.Lock()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def _connect(self) -> aiosqlite.Connection:
+        conn = await aiosqlite.connect(self.path, isolation_level=None)
+        await conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
+        await conn.execute("PRAGMA synchronous = FULL")
+        await conn.execute("PRAGMA foreign_keys = ON")
+        return conn
+
+    async def open(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._writer = await self._connect()
+            async with self._writer.execute("PRAGMA journal_mode = WAL") as cur:
+                row = await cur.fetchone()
+            if row is None or str(row[0]).lower() != "wal":
+                log.warning("sqlite: WAL mode unavailable for %s (got %s)", self.path, row)
+            await self._migrate()
+            self._reader = await self._connect()
+        except (sqlite3.Error, OSError) as e:
+            await self.close()
+            raise StoreUnavailable(f"cannot open SQLite database {self.path}: {e}") from e
+
+    async def close(self) -> None:
+        for conn in (self._reader, self._writer):
+            if conn is not None:
+                try:
+                    await conn.close()
+                except sqlite3.Error as e:
+                    log.warning("sqlite: error while closing: %s", e)
+        self._reader = self._writer = None
+
+    async def _migrate(self) -> None:
+        async with self._transaction() as db:
+            await db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            async with db.execute("SELECT MAX(version) FROM schema_version") as cur:
+                row = await cur.fetchone()
+            current = int(row[0]) if row and row[0] is not None else 0
+            if current > SCHEMA_VERSION:
+                raise StoreUnavailable(
+                    f"database schema version {current} is newer than this sidecar ({SCHEMA_VERSION})"
+                )
+            for version, statements in MIGRATIONS:
+                if version <= current:
+                    continue
+                for sql in statements:
+                    await db.execute(sql)
+                await db.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+                log.info("sqlite: migrated %s to schema version %d", self.path, version)
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _conn(self, conn: aiosqlite.Connection | None) -> aiosqlite.Connection:
+        if conn is None:
+            raise StoreUnavailable("SQLite store is not open")
+        return conn
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """One write transaction at a time; commit or roll back, errors -> StoreUnavailable."""
+        async with self._write_lock:
+            db = self._conn(self._writer)
+            try:
+                # IMMEDIATE takes the write lock up front, so a busy database fails here,
+                # after busy_timeout, rather than half-way through.
+                await db.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as e:
+                raise StoreUnavailable(f"SQLite busy or failing: {e}") from e
+            try:
+                yield db
+                await db.execute("COMMIT")
+            except BaseException as e:
+                try:
+                    await db.execute("ROLLBACK")
+                except sqlite3.Error as rollback_error:
+                    log.error("sqlite: rollback failed: %s", rollback_error)
+                if isinstance(e, sqlite3.Error):
+                    raise StoreUnavailable(f"SQLite write failed: {e}") from e
+                raise
+
+    async def _fetch(self, sql: str, params: Sequence[Any]) -> list[Any]:
+        db = self._conn(self._reader)
+        try:
+            async with db.execute(sql, params) as cur:
+                return list(await cur.fetchall())
+        except sqlite3.Error as e:
+            raise StoreUnavailable(f"SQLite read failed: {e}") from e
+
+    # ------------------------------------------------------------------ protocol
+
+    async def ping(self) -> None:
+        await self._fetch("SELECT 1", ())
+
+    async def get(self, session_id: str) -> Session | None:
+        rows = await self._fetch(f"SELECT {_COLUMNS} FROM sessions WHERE id = ?", (session_id,))  # noqa: S608 (constant column list)
+        return _session(rows[0]) if rows else None
+
+    async def get_by_key(self, session_key: str) -> Session | None:
+        rows = await self._fetch(f"SELECT {_COLUMNS} FROM sessions WHERE session_key = ?", (session_key,))  # noqa: S608
+        return _session(rows[0]) if rows else None
+
+    async def insert(self, session: Session) -> tuple[Session, bool]:
+        async with self._transaction() as db:
+            cur = await db.execute(
+                f"INSERT INTO sessions ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "  # noqa: S608
+                "ON CONFLICT (session_key) DO NOTHING",
+                (
+                    session.id, session.session_key, session.user_id, session.created_at,
+                    session.last_seen, session.expires_at, session.revoked_at,
+                    session.ip_address, session.device, session.location,
+                ),
+            )
+            created = cur.rowcount == 1
+            async with db.execute(
+                f"SELECT {_COLUMNS} FROM sessions WHERE session_key = ?", (session.session_key,)  # noqa: S608
+            ) as sel:
+                row = await sel.fetchone()
+        if row is None:  # pragma: no cover - the row was just written in this transaction
+            raise StoreUnavailable("inserted session vanished")
+        return _session(row), created
+
+    async def list_active(self, user_id: str, now: float) -> list[Session]:
+        rows = await self._fetch(
+            f"SELECT {_COLUMNS} FROM sessions "  # noqa: S608
+            "WHERE user_id = ? AND revoked_at IS NULL AND expires_at > ? "
+            "ORDER BY created_at DESC, id",
+            (user_id, now),
+        )
+        return [_session(r) for r in rows]
+
+    async def revoke(self, session_id: str, now: float) -> Session | None:
+        async with self._transaction() as db:
+            await db.execute(
+                "UPDATE sessions SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+                (now, session_id),
+            )
+            async with db.execute(f"SELECT {_COLUMNS} FROM sessions WHERE id = ?", (session_id,)) as cur:  # noqa: S608
+                row = await cur.fetchone()
+        return _session(row) if row else None
+
+    async def revoke_user(self, user_id: str, now: float, keep_session_key: str | None) -> list[Session]:
+        async with self._transaction() as db:
+            async with db.execute(
+                f"SELECT {_COLUMNS} FROM sessions "  # noqa: S608
+                "WHERE user_id = ? AND revoked_at IS NULL AND session_key IS NOT ?",
+                (user_id, keep_session_key),
+            ) as cur:
+                rows = [_session(r) for r in await cur.fetchall()]
+            await db.execute(
+                "UPDATE sessions SET revoked_at = ? "
+                "WHERE user_id = ? AND revoked_at IS NULL AND session_key IS NOT ?",
+                (now, user_id, keep_session_key),
+            )
+            # A later cut-off always wins; an earlier one is never restored.
+            await db.execute(
+                "INSERT INTO user_cutoffs (user_id, cutoff_at, exempt_session_key) VALUES (?, ?, ?) "
+                "ON CONFLICT (user_id) DO UPDATE SET cutoff_at = excluded.cutoff_at, "
+                "exempt_session_key = excluded.exempt_session_key "
+                "WHERE excluded.cutoff_at >= user_cutoffs.cutoff_at",
+                (user_id, now, keep_session_key),
+            )
+        return [
+            Session(
+                s.id, s.session_key, s.user_id, s.created_at, s.last_seen, s.expires_at,
+                now, s.ip_address, s.device, s.location,
+            )
+            for s in rows
+        ]
+
+    async def get_cutoff(self, user_id: str) -> Cutoff | None:
+        rows = await self._fetch(
+            "SELECT user_id, cutoff_at, exempt_session_key FROM user_cutoffs WHERE user_id = ?",
+            (user_id,),
+        )
+        return Cutoff(*rows[0]) if rows else None
+
+    async def touch(self, touches: Sequence[Touch]) -> None:
+        if not touches:
+            return
+        async with self._transaction() as db:
+            await db.executemany(
+                "UPDATE sessions SET last_seen = MAX(last_seen, ?), expires_at = MAX(expires_at, ?) "
+                "WHERE id = ?",
+                [(t.last_seen, t.expires_at, t.session_id) for t in touches],
+            )
+
+    async def purge_expired(self, before: float, limit: int) -> int:
+        async with self._transaction() as db:
+            cur = await db.execute(
+                "DELETE FROM sessions WHERE id IN "
+                "(SELECT id FROM sessions WHERE expires_at < ? LIMIT ?)",
+                (before, limit),
+            )
+            return int(cur.rowcount)

@@ -1,0 +1,62 @@
+"""The async store protocol every backend implements (SQLite now, PostgreSQL next).
+
+Backends convert their driver's errors into ``StoreUnavailable``. A write method returns
+only after its transaction is durably committed; that is what lets a revoke answer 204.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from sidecar.sessions.models import Cutoff, Session, Touch
+
+
+class SessionStore(Protocol):
+    async def open(self) -> None:
+        """Connect and bring the schema to the current version."""
+        ...
+
+    async def close(self) -> None: ...
+
+    async def ping(self) -> None:
+        """Raise ``StoreUnavailable`` unless the store answers a trivial query."""
+        ...
+
+    async def get(self, session_id: str) -> Session | None: ...
+
+    async def get_by_key(self, session_key: str) -> Session | None: ...
+
+    async def insert(self, session: Session) -> tuple[Session, bool]:
+        """Insert, or return the row that already holds ``session.session_key``.
+
+        Returns (row, created). Concurrent inserts of one key yield one row.
+        """
+        ...
+
+    async def list_active(self, user_id: str, now: float) -> list[Session]:
+        """The user's sessions that are neither revoked nor expired, newest login first."""
+        ...
+
+    async def revoke(self, session_id: str, now: float) -> Session | None:
+        """Mark one session revoked (idempotent: an earlier revocation time is kept).
+
+        Returns the row as it now is, or None when no such session exists.
+        """
+        ...
+
+    async def revoke_user(self, user_id: str, now: float, keep_session_key: str | None) -> list[Session]:
+        """In one transaction: revoke every other unrevoked session of the user and set
+        the user's cut-off to ``now`` (exempting ``keep_session_key``). Returns the rows
+        it revoked."""
+        ...
+
+    async def get_cutoff(self, user_id: str) -> Cutoff | None: ...
+
+    async def touch(self, touches: Sequence[Touch]) -> None:
+        """Raise last_seen / expires_at to the given values (never lower them)."""
+        ...
+
+    async def purge_expired(self, before: float, limit: int) -> int:
+        """Delete at most ``limit`` sessions whose expiry is before ``before``; return the count."""
+        ...

@@ -1,0 +1,31 @@
+"""Reading the bearer token out of ``Authorization`` headers (RFC 6750 section 2.1)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from sidecar.errors import InvalidToken
+
+# RFC 6750: credentials = "Bearer" 1*SP b64token. The scheme is case-insensitive
+# (RFC 9110 section 11.1); we also accept several spaces, and nothing else.
+_BEARER = re.compile(r"[Bb][Ee][Aa][Rr][Ee][Rr] +([A-Za-z0-9\-._~+/]+=*)")
+
+
+def extract_bearer(values: Sequence[str], max_bytes: int) -> str:
+    """The one bearer token in ``values`` (every Authorization header received).
+
+    No header, two headers, another scheme, or an oversized value are all refused, so
+    that every odd spelling has exactly one defined result (SECURITY_CASES A14, B21).
+    """
+    if not values:
+        raise InvalidToken("missing_token")
+    if len(values) > 1:
+        raise InvalidToken("duplicate_authorization")
+    value = values[0].strip(" \t")
+    if len(value) > max_bytes + 16:
+        raise InvalidToken("oversized_token", f"{len(value)} bytes")
+    m = _BEARER.fullmatch(value)
+    if m is None:
+        raise InvalidToken("not_bearer")
+    return m.group(1)

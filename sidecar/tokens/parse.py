@@ -1,0 +1,88 @@
+"""Strict parsing of a compact JWS before any key is touched.
+
+PyJWT accepts some inputs we must refuse (duplicate JSON keys keep the last value;
+SECURITY_CASES A13), so the sidecar reads the header and payload itself and hands only
+the signature check to PyJWT's algorithm objects.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from sidecar.errors import InvalidToken
+
+_SEGMENT = re.compile(rb"[A-Za-z0-9_-]*={0,2}")
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedToken:
+    header: dict[str, Any]
+    payload: dict[str, Any]
+    signing_input: bytes
+    signature: bytes
+
+
+def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise InvalidToken("duplicate_json_key", k[:40])
+        out[k] = v
+    return out
+
+
+def _reject_constant(name: str) -> Any:
+    # NaN, Infinity, -Infinity are not JSON (RFC 8259 section 6).
+    raise InvalidToken("non_json_number", name)
+
+
+def _b64decode(segment: bytes, what: str) -> bytes:
+    if not _SEGMENT.fullmatch(segment):
+        raise InvalidToken("malformed", f"{what} is not base64url")
+    stripped = segment.rstrip(b"=")
+    if len(stripped) % 4 == 1:
+        raise InvalidToken("malformed", f"{what} has an impossible length")
+    try:
+        data = base64.urlsafe_b64decode(stripped + b"=" * (-len(stripped) % 4))
+    except (binascii.Error, ValueError) as e:
+        raise InvalidToken("malformed", f"{what} is not base64url") from e
+    # Canonical encoding only: trailing bits must be zero (no two spellings of one value
+    # beyond the optional padding).
+    if base64.urlsafe_b64encode(data).rstrip(b"=") != stripped:
+        raise InvalidToken("malformed", f"{what} is not canonical base64url")
+    return data
+
+
+def _json_object(data: bytes, what: str) -> dict[str, Any]:
+    try:
+        text = data.decode("utf-8")
+        value = json.loads(text, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant)
+    except InvalidToken:
+        raise
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise InvalidToken("malformed", f"{what} is not JSON") from e
+    if not isinstance(value, dict):
+        raise InvalidToken("malformed", f"{what} is not a JSON object")
+    return value
+
+
+def parse_compact(token: str) -> ParsedToken:
+    """Split ``header.payload.signature``, decode each part strictly, return them."""
+    try:
+        raw = token.encode("ascii")
+    except UnicodeEncodeError as e:
+        raise InvalidToken("malformed", "token is not ASCII") from e
+    parts = raw.split(b".")
+    if len(parts) != 3:
+        # Five parts is a JWE (RFC 7516); we verify signed tokens only.
+        raise InvalidToken("malformed", f"{len(parts)} segments")
+    header_b64, payload_b64, signature_b64 = parts
+    header = _json_object(_b64decode(header_b64, "header"), "header")
+    payload = _json_object(_b64decode(payload_b64, "payload"), "payload")
+    signature = _b64decode(signature_b64, "signature")
+    return ParsedToken(header, payload, header_b64 + b"." + payload_b64, signature)

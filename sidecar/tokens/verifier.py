@@ -1,0 +1,95 @@
+"""Verify a JWT and return its ``Claims``: the one entry point of ``sidecar.tokens``."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections import OrderedDict
+
+from sidecar.clock import Clock
+from sidecar.config import JwtSettings
+from sidecar.errors import InvalidToken
+from sidecar.tokens.claims import Claims, read_claims
+from sidecar.tokens.jwks import JwksKeys
+from sidecar.tokens.keys import VerificationKey, static_keys
+from sidecar.tokens.parse import parse_compact
+
+log = logging.getLogger(__name__)
+
+MAX_KID_LENGTH = 256
+
+
+class TokenVerifier:
+    """Checks signature, header and claims; caches the verified claims of each token.
+
+    The cache only spares the signature check. It is keyed by a SHA-256 of the token and
+    holds no access decision: session state is looked up on every request, and the time
+    rules are re-checked on every hit, so a cached entry never outlives its token.
+    """
+
+    def __init__(self, settings: JwtSettings, clock: Clock, jwks: JwksKeys | None = None) -> None:
+        self.settings = settings
+        self._clock = clock
+        self._jwks = jwks
+        self._jwks_generation = jwks.generation if jwks else 0
+        self._static: dict[str, list[VerificationKey]] = {}
+        for key in static_keys(settings.algorithms, settings.secret, settings.public_keys):
+            self._static.setdefault(key.algorithm, []).append(key)
+        self._cache: OrderedDict[bytes, Claims] = OrderedDict()
+        self._cache_size = settings.verified_cache_size
+
+    def _check_time(self, claims: Claims) -> Claims:
+        reason = claims.time_error(self._clock.wall(), self.settings.leeway_seconds)
+        if reason is not None:
+            raise InvalidToken(reason)
+        return claims
+
+    async def verify(self, token: str) -> Claims:
+        """Return the claims of a valid token or raise ``InvalidToken`` (never anything else)."""
+        if len(token) > self.settings.max_token_bytes:
+            raise InvalidToken("oversized_token", f"{len(token)} bytes")
+        try:
+            raw = token.encode("ascii")
+        except UnicodeEncodeError as e:
+            raise InvalidToken("malformed", "token is not ASCII") from e
+        if self._jwks is not None and self._jwks.generation != self._jwks_generation:
+            # A key was withdrawn from the JWKS: what it verified must be verified again.
+            self._cache.clear()
+            self._jwks_generation = self._jwks.generation
+        digest = hashlib.sha256(raw).digest()
+        cached = self._cache.get(digest)
+        if cached is not None:
+            self._cache.move_to_end(digest)
+            return self._check_time(cached)
+
+        parsed = parse_compact(token)
+        header = parsed.header
+        alg = header.get("alg")
+        # RFC 8725 3.1: the algorithm must be one we pinned, spelled exactly; "none" never is.
+        if not isinstance(alg, str) or alg not in self.settings.algorithms:
+            raise InvalidToken("alg_not_allowed", repr(alg)[:40])
+        # RFC 7515 4.1.11: a critical extension we do not understand makes the token invalid;
+        # we understand none.
+        if "crit" in header:
+            raise InvalidToken("unsupported_crit")
+        if "b64" in header:
+            raise InvalidToken("unsupported_b64")  # RFC 7797 unencoded payloads are not JWTs
+        kid = header.get("kid")
+        if kid is not None and (not isinstance(kid, str) or not 0 < len(kid) <= MAX_KID_LENGTH):
+            raise InvalidToken("bad_kid")
+        # jku, x5u, jwk and x5c are deliberately never read: keys come from configuration.
+
+        keys = list(self._static.get(alg, ()))
+        if self._jwks is not None:
+            keys.extend(await self._jwks.keys_for(alg, kid))
+        if not keys:
+            raise InvalidToken("no_key", f"alg={alg}")
+        if not any(k.verify(parsed.signing_input, parsed.signature) for k in keys):
+            raise InvalidToken("bad_signature")
+
+        claims = self._check_time(read_claims(parsed.payload, self.settings))
+        if self._cache_size:
+            self._cache[digest] = claims
+            if len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return claims

@@ -1,0 +1,94 @@
+"""The JSON envelope of the sessions and admin APIs, and the one place errors become HTTP."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from sidecar.errors import InvalidToken, StoreUnavailable
+from sidecar.sessions.models import Session
+
+log = logging.getLogger(__name__)
+
+# RFC 6750 section 3: the challenge a bearer-protected resource answers with.
+BEARER_CHALLENGE = 'Bearer error="invalid_token"'
+
+
+class ApiError(Exception):
+    """An error a handler raises with the status and message the client sees."""
+
+    def __init__(self, status: int, message: str, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = dict(headers or {})
+
+
+def success(message: str, data: Any, status: int = 200) -> web.Response:
+    return web.json_response(
+        {"status": "success", "status_code": status, "message": message, "data": data},
+        status=status,
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+def error(status: int, message: str, headers: Mapping[str, str] | None = None) -> web.Response:
+    return web.json_response(
+        {"status": "error", "status_code": status, "message": message, "data": {}},
+        status=status,
+        headers={"Cache-Control": "no-store", **(headers or {})},
+    )
+
+
+def rfc3339(ts: float) -> str:
+    """Epoch seconds -> '2025-02-27T10:00:00Z' (RFC 3339, UTC, whole seconds)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+def session_json(s: Session, *, current_id: str | None = None, with_user: bool = False) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "id": s.id,
+        "ip_address": s.ip_address,
+        "location": s.location,
+        "device": s.device,
+        "login_time": rfc3339(s.created_at),
+        "last_seen": rfc3339(s.last_seen),
+        "expires_at": rfc3339(s.expires_at),
+    }
+    if current_id is not None:
+        out["current"] = s.id == current_id
+    if with_user:
+        out["user_id"] = s.user_id
+        out["revoked_at"] = rfc3339(s.revoked_at) if s.revoked_at is not None else None
+    return out
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Map domain errors and aiohttp's own (404, 405, 413) onto the envelope."""
+    try:
+        return await handler(request)
+    except ApiError as e:
+        return error(e.status, e.message, e.headers)
+    except InvalidToken as e:
+        log.info("api: token refused (%s) %s %s", e.reason, request.method, request.path)
+        return error(401, "Invalid or missing token", {"WWW-Authenticate": BEARER_CHALLENGE})
+    except StoreUnavailable as e:
+        log.error("api: store unavailable on %s %s: %s", request.method, request.path, e)
+        return error(503, "Session store unavailable, try again", {"Retry-After": "1"})
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        message = {404: "Not found", 405: "Method not allowed", 413: "Request body too large"}.get(
+            e.status, e.reason
+        )
+        headers = {"Allow": e.headers["Allow"]} if "Allow" in e.headers else None
+        return error(e.status, message, headers)
+    except Exception:
+        log.exception("api: unhandled error on %s %s", request.method, request.path)
+        return error(500, "Internal server error")

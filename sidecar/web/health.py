@@ -1,0 +1,42 @@
+"""Liveness and readiness."""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+
+from sidecar.errors import StoreUnavailable
+from sidecar.web.keys import SERVICES
+
+log = logging.getLogger(__name__)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """The process is up and its event loop answers."""
+    return web.json_response({"status": "ok"}, headers={"Cache-Control": "no-store"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Ready when the store answers and, with a JWKS URL, keys have been loaded."""
+    services = request.app[SERVICES]
+    checks: dict[str, str] = {}
+    try:
+        await services.store.ping()
+        checks["store"] = "ok"
+    except StoreUnavailable as e:
+        log.warning("readyz: store unavailable: %s", e)
+        checks["store"] = "unavailable"
+    if services.jwks is not None:
+        checks["jwks"] = "ok" if services.jwks.loaded else "unavailable"
+    ready = all(v == "ok" for v in checks.values())
+    return web.json_response(
+        {"status": "ready" if ready else "not ready", "checks": checks},
+        status=200 if ready else 503,
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)

@@ -1,0 +1,54 @@
+"""The gateway check: ``ANY /introspect[/{tail}]`` -> 200 + identity headers, or 401.
+
+Nothing but 200 and 401 ever leaves this handler (SECURITY_CASES B17, B18): nginx turns
+any other status into a 500 and an operator could configure Envoy to let errors through.
+Every failure, expected or not, is a deny; the reason is logged, never sent.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from aiohttp import web
+
+from sidecar.errors import InvalidToken, StoreUnavailable
+from sidecar.web.envelope import BEARER_CHALLENGE
+from sidecar.web.requests import authenticate
+
+log = logging.getLogger(__name__)
+
+_DENY_BODY = json.dumps(
+    {"status": "error", "status_code": 401, "message": "Unauthorized", "data": {}}
+).encode()
+
+
+def deny() -> web.Response:
+    return web.Response(
+        status=401,
+        body=_DENY_BODY,
+        content_type="application/json",
+        headers={"WWW-Authenticate": BEARER_CHALLENGE, "Cache-Control": "no-store"},
+    )
+
+
+async def introspect(request: web.Request) -> web.Response:
+    try:
+        claims, session_id = await authenticate(request)
+    except InvalidToken as e:
+        log.info("check: deny %s", e.reason)
+        return deny()
+    except StoreUnavailable as e:
+        log.error("check: deny, session state unknown: %s", e)
+        return deny()
+    except Exception:
+        # Fail closed: an error is never an allow and never a 5xx the gateway could misread.
+        log.exception("check: deny after an unexpected error")
+        return deny()
+    headers = {
+        "X-Auth-User": claims.user_id,
+        "X-Auth-Session": session_id,
+        "Cache-Control": "no-store",
+    }
+    headers.update(claims.extra_headers)
+    return web.Response(status=200, headers=headers)

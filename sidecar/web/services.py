@@ -1,0 +1,78 @@
+"""Everything a running sidecar holds, opened and closed together (svcs-style registry)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+
+import aiohttp
+
+from sidecar.clock import Clock, SystemClock
+from sidecar.config import Settings
+from sidecar.enrich.device import DeviceParser
+from sidecar.enrich.geo import GeoLocator
+from sidecar.errors import KeysUnavailable
+from sidecar.sessions import SessionStore, store_from_settings
+from sidecar.sessions.service import SessionService
+from sidecar.tokens import JwksKeys, TokenVerifier
+from sidecar.web.outbound import jwks_fetcher
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Services:
+    settings: Settings
+    clock: Clock
+    store: SessionStore
+    verifier: TokenVerifier
+    sessions: SessionService
+    jwks: JwksKeys | None
+
+
+@asynccontextmanager
+async def open_services(settings: Settings, clock: Clock | None = None) -> AsyncIterator[Services]:
+    """Open the store, keys and caches; close them all on exit, in reverse order."""
+    clock = clock or SystemClock()
+    async with AsyncExitStack() as stack:
+        jwks = None
+        if settings.jwt.jwks_url is not None:
+            http = await stack.enter_async_context(aiohttp.ClientSession())
+            jwks = JwksKeys(
+                settings.jwt.jwks_url,
+                jwks_fetcher(http),
+                settings.jwt.algorithms,
+                clock,
+                cache_seconds=settings.jwt.jwks_cache_seconds,
+                refresh_cooldown_seconds=settings.jwt.jwks_refresh_cooldown_seconds,
+            )
+            stack.push_async_callback(jwks.close)
+            try:
+                await jwks.refresh()
+            except KeysUnavailable as e:
+                # Start anyway: tokens are refused until the keys arrive; /readyz says so.
+                log.error("jwks: initial fetch failed: %s", e)
+        verifier = TokenVerifier(settings.jwt, clock, jwks)
+
+        store = store_from_settings(settings.storage)
+        await store.open()
+        stack.push_async_callback(store.close)
+
+        device = DeviceParser()
+        geo = GeoLocator(settings.geoip.database)
+        stack.callback(geo.close)
+
+        sessions = SessionService(
+            store,
+            clock,
+            registration=settings.sessions.registration,
+            describe_device=device.describe,
+            locate=geo.locate,
+            state_cache_size=settings.sessions.state_cache_size,
+            flush_interval=settings.sessions.last_seen_flush_seconds,
+        )
+        sessions.start()
+        stack.push_async_callback(sessions.stop)
+        yield Services(settings, clock, store, verifier, sessions, jwks)
