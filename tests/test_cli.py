@@ -1,0 +1,237 @@
+"""The command line, run as a user runs it: real processes, real files, real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.conftest import ADMIN_KEY, CHROME_WINDOWS, REPO, SECRET
+
+PYTHON = sys.executable
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def sidecar(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "TEST_JWT_SECRET": SECRET}
+    return subprocess.run(
+        [PYTHON, "-m", "sidecar", *args], capture_output=True, text=True, timeout=60, cwd=cwd, check=False, env=env
+    )
+
+
+def write_config(tmp_path: Path, port: int, admin_port: int, extra: str = "") -> Path:
+    path = tmp_path / "sidecar.toml"
+    path.write_text(
+        f"""
+[server]
+port = {port}
+trusted_proxies = ["127.0.0.1/32"]
+shutdown_timeout_seconds = 5
+
+[jwt]
+algorithms = ["HS256"]
+secret_env = "TEST_JWT_SECRET"
+leeway_seconds = 0
+
+[storage]
+url = "sqlite:///{tmp_path / 'cli.db'}"
+
+[admin]
+port = {admin_port}
+api_keys = ["{ADMIN_KEY}"]
+{extra}
+"""
+    )
+    return path
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], Path, int, int]]:
+    """A `sidecar serve` process on free ports, stopped at teardown."""
+    port, admin_port = free_port(), free_port()
+    config = write_config(tmp_path, port, admin_port)
+    env = {**os.environ, "TEST_JWT_SECRET": SECRET}
+    proc = subprocess.Popen(
+        [PYTHON, "-m", "sidecar", "serve", "--config", str(config)],
+        stderr=subprocess.PIPE, text=True, env=env,
+    )
+    assert proc.stderr is not None
+    deadline = time.monotonic() + 30
+    lines = []
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        lines.append(line)
+        if "sidecar: ready" in line:
+            break
+        if not line and proc.poll() is not None:
+            pytest.fail("sidecar exited before ready:\n" + "".join(lines))
+    else:
+        proc.kill()
+        pytest.fail("sidecar not ready in 30 s:\n" + "".join(lines))
+    try:
+        yield proc, config, port, admin_port
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=10)
+        proc.stderr.close()
+
+
+async def test_readme_walkthrough(served: tuple[subprocess.Popen[str], Path, int, int]) -> None:
+    """mint-token, check (200), list the session, delete it, check again (401): the README's walkthrough."""
+    _, config, port, _ = served
+    minted = sidecar("mint-token", "--config", str(config), "--sub", "alice")
+    assert minted.returncode == 0, minted.stderr
+    token = minted.stdout.strip()
+    base = f"http://127.0.0.1:{port}"
+    headers = {"Authorization": f"Bearer {token}", "User-Agent": CHROME_WINDOWS}
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{base}/introspect", headers=headers) as resp:
+            assert resp.status == 200
+            assert resp.headers["X-Auth-User"] == "alice"
+        async with http.get(f"{base}/api/v1/sessions/", headers=headers) as resp:
+            [session] = (await resp.json())["data"]
+        assert session["device"] == "Chrome on Windows"
+        assert session["ip_address"] == "127.0.0.1"
+        assert session["location"] == "Private network"
+        async with http.delete(f"{base}/api/v1/sessions/{session['id']}/", headers=headers) as resp:
+            assert resp.status == 204
+        async with http.get(f"{base}/introspect", headers=headers) as resp:
+            assert resp.status == 401
+
+
+async def test_sigterm_drains_and_exits_zero(served: tuple[subprocess.Popen[str], Path, int, int]) -> None:
+    """SIGTERM: the process stops accepting and exits 0; a revocation made before is durable."""
+    proc, config, port, _ = served
+    token = sidecar("mint-token", "--config", str(config), "--sub", "bob").stdout.strip()
+    async with aiohttp.ClientSession() as http:
+        headers = {"Authorization": f"Bearer {token}"}
+        async with http.get(f"http://127.0.0.1:{port}/introspect", headers=headers) as resp:
+            sid = resp.headers["X-Auth-Session"]
+        async with http.delete(f"http://127.0.0.1:{port}/api/v1/sessions/{sid}", headers=headers) as resp:
+            assert resp.status == 204
+    proc.send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(proc.wait, 20) == 0
+    with sqlite3.connect(config.parent / "cli.db") as db:
+        revoked = db.execute("SELECT revoked_at FROM sessions WHERE id = ?", (sid,)).fetchone()[0]
+    assert revoked is not None
+
+
+def test_kill_9_after_revoke_keeps_it(served: tuple[subprocess.Popen[str], Path, int, int]) -> None:
+    """kill -9 right after a revoke returned: the revocation is on disk (D36)."""
+    proc, config, port, admin_port = served
+    token = sidecar("mint-token", "--config", str(config), "--sub", "carol").stdout.strip()
+
+    async def go() -> str:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(
+                f"http://127.0.0.1:{port}/introspect", headers={"Authorization": f"Bearer {token}"}
+            ) as resp:
+                sid = resp.headers["X-Auth-Session"]
+            async with http.delete(
+                f"http://127.0.0.1:{admin_port}/admin/v1/sessions/{sid}",
+                headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+            ) as resp:
+                assert resp.status == 204
+            return sid
+
+    sid = asyncio.run(go())
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    with sqlite3.connect(config.parent / "cli.db") as db:
+        assert db.execute("SELECT revoked_at FROM sessions WHERE id = ?", (sid,)).fetchone()[0] is not None
+
+
+def test_check_config_ok_and_bad(tmp_path: Path) -> None:
+    """check-config prints a summary for a good file and one line + exit 2 for a bad one."""
+    ok = sidecar("check-config", "--config", str(REPO / "config.example.toml"))
+    assert ok.returncode == 0, ok.stderr
+    assert "OK" in ok.stdout
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[jwt]\nalgorithms = ["HS256"]\nsecret = "short"\n')
+    result = sidecar("check-config", "--config", str(bad))
+    assert result.returncode == 2
+    assert result.stderr.strip() == "sidecar: error: jwt.secret: HS256 needs a secret of at least 32 bytes (got 5)"
+
+
+def test_serve_refuses_bad_config_with_one_line(tmp_path: Path) -> None:
+    """serve with an unknown key exits 2 with one line and never listens."""
+    bad = tmp_path / "bad.toml"
+    bad.write_text(f'[jwt]\nalgorithms = ["HS256"]\nsecret = "{SECRET}"\nsecert = "x"\n')
+    result = sidecar("serve", "--config", str(bad))
+    assert result.returncode == 2
+    assert result.stderr.strip() == "sidecar: error: jwt.secert: unknown key"
+
+
+def test_mint_token_refuses_non_hmac_configs(tmp_path: Path) -> None:
+    """mint-token only runs on an HS* development config."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1()).public_key()
+    (tmp_path / "ec.pem").write_bytes(
+        key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    cfg = tmp_path / "es.toml"
+    cfg.write_text('[jwt]\nalgorithms = ["ES256"]\npublic_key_file = "ec.pem"\n')
+    result = sidecar("mint-token", "--config", str(cfg), "--sub", "alice")
+    assert result.returncode == 2
+    assert "only works with an HS* development config" in result.stderr
+    assert result.stdout == ""
+
+
+def test_mint_token_follows_the_claims_settings(tmp_path: Path) -> None:
+    """mint-token uses the configured user/type claims, issuer and audience."""
+    import jwt as pyjwt
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(
+        f'[jwt]\nalgorithms = ["HS256"]\nsecret = "{SECRET}"\nuser_claim = "user_id"\n'
+        'token_type_claim = "type"\naccess_token_type = "access"\nissuer = "https://auth"\naudience = ["api"]\n'
+    )
+    token = sidecar("mint-token", "--config", str(cfg), "--sub", "7", "--ttl", "60").stdout.strip()
+    claims = pyjwt.decode(token, SECRET, algorithms=["HS256"], audience="api", issuer="https://auth")
+    assert claims["user_id"] == "7" and claims["type"] == "access" and claims["exp"] - claims["iat"] == 60
+    assert "sid" in claims
+
+
+def test_cleanup_command_deletes_expired_sessions_only(tmp_path: Path) -> None:
+    """`sidecar cleanup` deletes sessions long expired and keeps live and revoked-unexpired ones."""
+    cfg = write_config(tmp_path, free_port(), free_port(), "[celery]\ncleanup_grace_seconds = 0\n")
+    env_cfg = cfg.read_text().replace('secret_env = "TEST_JWT_SECRET"', f'secret = "{SECRET}"')
+    cfg.write_text(env_cfg)
+    first = sidecar("cleanup", "--config", str(cfg))  # creates the schema
+    assert first.returncode == 0, first.stderr
+    now = time.time()
+    with sqlite3.connect(tmp_path / "cli.db") as db:
+        rows = [
+            ("00000000-0000-4000-8000-000000000001", "sid:old", "u", now - 100, now - 100, now - 50, None),
+            ("00000000-0000-4000-8000-000000000002", "sid:live", "u", now, now, now + 3600, None),
+            ("00000000-0000-4000-8000-000000000003", "sid:revoked", "u", now, now, now + 3600, now),
+        ]
+        db.executemany(
+            "INSERT INTO sessions (id, session_key, user_id, created_at, last_seen, expires_at, revoked_at,"
+            " ip_address, device, location) VALUES (?, ?, ?, ?, ?, ?, ?, NULL, 'd', 'l')",
+            rows,
+        )
+    result = sidecar("cleanup", "--config", str(cfg))
+    assert result.returncode == 0, result.stderr
+    assert "deleted 1 expired session(s)" in result.stdout
+    with sqlite3.connect(tmp_path / "cli.db") as db:
+        left = {r[0] for r in db.execute("SELECT session_key FROM sessions")}
+    assert left == {"sid:live", "sid:revoked"}

@@ -1,0 +1,173 @@
+"""Configuration loading and validation (DESIGN.md section 5)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from sidecar.config import Settings, from_mapping, load
+from sidecar.errors import ConfigError
+from tests.conftest import REPO, SECRET
+
+BASE: dict[str, Any] = {"jwt": {"algorithms": ["HS256"], "secret": SECRET}}
+
+
+def build(tmp_path: Path, raw: dict[str, Any], environ: dict[str, str] | None = None) -> Settings:
+    merged: dict[str, Any] = {k: dict(v) for k, v in BASE.items()}
+    for section, values in raw.items():
+        if isinstance(values, dict):
+            merged.setdefault(section, {}).update(values)
+        else:
+            merged[section] = values
+    return from_mapping(merged, environ=environ or {}, base_dir=tmp_path)
+
+
+def error_of(tmp_path: Path, raw: dict[str, Any], environ: dict[str, str] | None = None) -> str:
+    with pytest.raises(ConfigError) as info:
+        build(tmp_path, raw, environ)
+    return str(info.value)
+
+
+def test_example_config_loads_and_is_the_embedded_default() -> None:
+    """config.example.toml loads: SQLite, one process, HS256 development secret, auto registration."""
+    settings = load(REPO / "config.example.toml")
+    assert settings.storage.backend == "sqlite"
+    assert settings.storage.sqlite_path == Path("sidecar.db")
+    assert settings.server.workers == 1
+    assert settings.jwt.algorithms == ("HS256",)
+    assert settings.jwt.development_hmac_only
+    assert settings.sessions.registration == "auto"
+    assert settings.admin.enabled
+
+
+def test_example_config_documents_every_key() -> None:
+    """Every key the loader accepts appears in config.example.toml (commented or not)."""
+    text = (REPO / "config.example.toml").read_text()
+    settings = Settings()
+    import dataclasses
+
+    for section in dataclasses.fields(settings):
+        assert f"[{section.name}]" in text, section.name
+        for f in dataclasses.fields(getattr(settings, section.name)):
+            name = {"public_keys": "public_key_file"}.get(f.name, f.name)
+            assert f"{name} =" in text, f"{section.name}.{name}"
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ({"bogus": {}}, "bogus: unknown section"),
+        ({"server": {"prot": 80}}, "server.prot: unknown key"),
+        ({"server": {"port": "80"}}, "server.port: must be an integer, got a string"),
+        ({"server": {"port": 70000}}, "server.port: must be between 0 and 65535"),
+        ({"server": {"port": True}}, "server.port: must be an integer, got true or false"),
+        ({"server": {"workers": 2}}, "server.workers: only 1 is supported"),
+        ({"server": {"trusted_proxies": ["10.0.0.0/8", "nope"]}}, "server.trusted_proxies: 'nope'"),
+        ({"server": "x"}, "server: must be a table"),
+        ({"jwt": {"algorithms": []}}, "jwt.algorithms: list at least one"),
+        ({"jwt": {"algorithms": ["none"]}}, "jwt.algorithms: 'none' is not supported"),
+        ({"jwt": {"algorithms": ["hs256"]}}, "jwt.algorithms: 'hs256' is not supported"),
+        ({"jwt": {"secret": "short"}}, "jwt.secret: HS256 needs a secret of at least 32 bytes (got 5)"),
+        ({"jwt": {"algorithms": ["HS384"], "secret": "x" * 40}}, "jwt.secret: HS384 needs a secret of at least 48"),
+        ({"jwt": {"algorithms": ["HS512"], "secret": "x" * 63}}, "jwt.secret: HS512 needs a secret of at least 64"),
+        ({"jwt": {"algorithms": ["RS256"]}}, "jwt.secret: set, but no HS* algorithm"),
+        ({"jwt": {"algorithms": ["RS256"], "secret": ""}}, "jwt.public_key_file: RS256 needs public_key_file or jwks_url"),
+        ({"jwt": {"public_key_file": "missing.pem"}}, "jwt.public_key_file: cannot read"),
+        ({"jwt": {"jwks_url": "ftp://x"}}, "jwt.jwks_url: must be an http(s) URL"),
+        ({"jwt": {"token_type_claim": "type"}}, "jwt.access_token_type: set both"),
+        ({"jwt": {"leeway_seconds": -1}}, "jwt.leeway_seconds: must be between 0 and 300"),
+        ({"jwt": {"claim_headers": {"email": "Email"}}}, "jwt.claim_headers.email: header name must start with X-Auth-"),
+        ({"jwt": {"claim_headers": {"sub": "X-Auth-User"}}}, "jwt.claim_headers.sub: X-Auth-User is set by the sidecar"),
+        ({"jwt": {"user_claim": ""}}, "jwt.user_claim: must not be empty"),
+        ({"sessions": {"registration": "manual"}}, "sessions.registration: must be 'auto' or 'explicit'"),
+        ({"sessions": {"registration": "explicit"}}, "sessions.registration: 'explicit' needs admin.api_keys"),
+        ({"storage": {"url": "mysql://x"}}, "storage.url: must start with sqlite:///"),
+        ({"storage": {"url": "sqlite:///:memory:"}}, "storage.url: needs a file"),
+        ({"storage": {"url": "postgresql://localhost/x"}}, "storage.url: PostgreSQL is not supported in this version"),
+        ({"redis": {"url": "http://x"}}, "redis.url: must start with redis://"),
+        ({"geoip": {"database": "nope.mmdb"}}, "geoip.database: cannot read"),
+        ({"admin": {"api_keys": ["short"]}}, "admin.api_keys: every key must be at least 16 characters"),
+        ({"admin": {"api_keys_env": "NOPE"}}, "admin.api_keys_env: environment variable NOPE is not set"),
+        ({"logging": {"level": "LOUD"}}, "logging.level: must be DEBUG, INFO, WARNING or ERROR"),
+        ({"celery": {"cleanup_interval_seconds": 0}}, "celery.cleanup_interval_seconds: must be between"),
+    ],
+)
+def test_bad_config_gives_one_line_naming_the_key(tmp_path: Path, raw: dict[str, Any], expected: str) -> None:
+    """Every invalid value stops start-up with one line that names the key."""
+    message = error_of(tmp_path, raw)
+    assert expected in message
+    assert "\n" not in message
+
+
+def test_secret_from_env_and_file(tmp_path: Path) -> None:
+    """The HMAC secret can come from an environment variable or a file instead of the TOML."""
+    env = build(tmp_path, {"jwt": {"secret": "", "secret_env": "JWT_SECRET"}}, {"JWT_SECRET": SECRET})
+    assert env.jwt.secret == SECRET.encode()
+    (tmp_path / "secret.txt").write_text(SECRET + "\n")
+    from_file = build(tmp_path, {"jwt": {"secret": "", "secret_file": "secret.txt"}})
+    assert from_file.jwt.secret == SECRET.encode()
+    assert "jwt.secret_env: environment variable JWT_SECRET is not set" in error_of(
+        tmp_path, {"jwt": {"secret": "", "secret_env": "JWT_SECRET"}}
+    )
+    assert "set only one of secret, secret_env" in error_of(tmp_path, {"jwt": {"secret_env": "JWT_SECRET"}})
+
+
+def test_admin_keys_from_env(tmp_path: Path) -> None:
+    """admin.api_keys_env reads a comma-separated list of keys."""
+    s = build(tmp_path, {"admin": {"api_keys_env": "KEYS"}}, {"KEYS": "a" * 16 + ", " + "b" * 20})
+    assert s.admin.api_keys == ("a" * 16, "b" * 20)
+
+
+def _pem(key: Any) -> bytes:
+    data: bytes = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return data
+
+
+def test_public_key_files_are_checked_at_load(tmp_path: Path) -> None:
+    """Key files must hold a public key that a listed algorithm can use."""
+    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    (tmp_path / "rsa.pem").write_bytes(_pem(rsa_key))
+    (tmp_path / "ec.pem").write_bytes(_pem(ec.generate_private_key(ec.SECP384R1())))
+    (tmp_path / "junk.pem").write_text("hello")
+    (tmp_path / "private.pem").write_bytes(
+        rsa_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    ok = build(tmp_path, {"jwt": {"algorithms": ["RS256"], "secret": "", "public_key_file": "rsa.pem"}})
+    assert len(ok.jwt.public_keys) == 1
+    rs_only = {"algorithms": ["RS256"], "secret": ""}
+    assert "not a PEM public key" in error_of(tmp_path, {"jwt": {**rs_only, "public_key_file": "junk.pem"}})
+    assert "private key" in error_of(tmp_path, {"jwt": {**rs_only, "public_key_file": "private.pem"}})
+    # An EC P-384 key cannot serve ES256 (or RS256).
+    msg = error_of(tmp_path, {"jwt": {"algorithms": ["ES256"], "secret": "", "public_key_file": "ec.pem"}})
+    assert "no algorithm in jwt.algorithms" in msg
+
+
+def test_small_rsa_keys_are_refused(tmp_path: Path) -> None:
+    """RSA keys under 2048 bits are refused at load (RFC 7518 section 3.3)."""
+    small = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+    (tmp_path / "small.pem").write_bytes(_pem(small))
+    msg = error_of(tmp_path, {"jwt": {"algorithms": ["RS256"], "secret": "", "public_key_file": "small.pem"}})
+    assert "1024 bits" in msg
+
+
+def test_missing_or_invalid_file(tmp_path: Path) -> None:
+    """A missing file or broken TOML is one clear error."""
+    with pytest.raises(ConfigError, match="no such config file"):
+        load(tmp_path / "nope.toml")
+    (tmp_path / "bad.toml").write_text("[server\nport = 1")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load(tmp_path / "bad.toml")
+
+
+def test_sqlite_urls_follow_sqlalchemy(tmp_path: Path) -> None:
+    """sqlite:///rel.db is relative to the working directory; sqlite:////abs.db is absolute."""
+    assert build(tmp_path, {"storage": {"url": "sqlite:///data/s.db"}}).storage.sqlite_path == Path("data/s.db")
+    assert build(tmp_path, {"storage": {"url": "sqlite:////var/s.db"}}).storage.sqlite_path == Path("/var/s.db")
