@@ -94,6 +94,9 @@ class SqliteStore:
         except (sqlite3.Error, OSError) as e:
             await self.close()
             raise StoreUnavailable(f"cannot open SQLite database {self.path}: {e}") from e
+        except BaseException:
+            await self.close()
+            raise
 
     async def close(self) -> None:
         for conn in (self._reader, self._writer):
@@ -264,5 +267,31 @@ class SqliteStore:
                 "DELETE FROM sessions WHERE id IN "
                 "(SELECT id FROM sessions WHERE expires_at < ? LIMIT ?)",
                 (before, limit),
+            )
+            return int(cur.rowcount)
+
+    async def purge_sessions(self, expired_before: float, revoked_before: float, limit: int) -> int:
+        async with self._transaction() as db:
+            # sessions_by_expiry bounds the scan; the batch is one short write transaction.
+            cur = await db.execute(
+                "DELETE FROM sessions WHERE id IN (SELECT id FROM sessions WHERE expires_at < ? "
+                "AND (revoked_at IS NULL OR revoked_at < ?) LIMIT ?)",
+                (expired_before, revoked_before, limit),
+            )
+            return int(cur.rowcount)
+
+    async def purge_cutoffs(self, before: float, limit: int) -> int:
+        # user_cutoffs has no index on cutoff_at: find candidates on the reader (WAL: never
+        # blocks a writer), then delete them by key in a short write transaction. The
+        # cutoff_at re-check keeps a cut-off that a revoke_user raised in between.
+        rows = await self._fetch(
+            "SELECT user_id FROM user_cutoffs WHERE cutoff_at < ? LIMIT ?", (before, limit)
+        )
+        if not rows:
+            return 0
+        async with self._transaction() as db:
+            cur = await db.executemany(
+                "DELETE FROM user_cutoffs WHERE user_id = ? AND cutoff_at < ?",
+                [(r[0], before) for r in rows],
             )
             return int(cur.rowcount)

@@ -1,0 +1,203 @@
+"""Session rules in SessionService, on a controlled clock and a real SQLite store."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sidecar.clock import ManualClock
+from sidecar.errors import SessionRejected, StoreUnavailable
+from sidecar.sessions import Session
+from sidecar.sessions.service import ClientInfo, SessionService
+from sidecar.sessions.sqlite import SqliteStore
+from sidecar.tokens.claims import Claims
+
+T0 = 1_700_000_000.0
+CLIENT = ClientInfo(ip=None, user_agent=None)
+
+
+def claims(user: str = "alice", key: str = "sid:one", *, iat: float | None = T0, exp: float = T0 + 3600) -> Claims:
+    return Claims(user_id=user, session_key=key, expires_at=exp, issued_at=iat, not_before=None)
+
+
+class SlowStore(SqliteStore):
+    """A real SQLite store whose session reads can be held at a gate (to stage races)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.gate: asyncio.Event | None = None
+        self.reading = asyncio.Event()
+
+    async def get_by_key(self, session_key: str) -> Session | None:
+        row = await super().get_by_key(session_key)
+        if self.gate is not None:
+            self.reading.set()
+            await self.gate.wait()
+        return row
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SlowStore]:
+    s = SlowStore(tmp_path / "svc.db")
+    await s.open()
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+def service(store: SqliteStore, clock: ManualClock, **kw: Any) -> SessionService:
+    return SessionService(
+        store,
+        clock,
+        registration=kw.pop("registration", "auto"),
+        describe_device=lambda ua: "Unknown device",
+        locate=lambda ip: "Unknown",
+        **kw,
+    )
+
+
+async def test_auto_registration_then_memory_hit(store: SlowStore) -> None:
+    """The first check registers the session; later checks are answered from memory."""
+    svc = service(store, ManualClock(T0))
+    sid = await svc.check(claims(), CLIENT)
+    assert await svc.check(claims(), CLIENT) == sid
+    row = await store.get(sid)
+    assert row is not None and row.user_id == "alice"
+
+
+async def test_slow_read_racing_a_revoke_never_caches_active(store: SlowStore) -> None:
+    """A store read that began before a revoke cannot put a stale "active" into memory (C28)."""
+    clock = ManualClock(T0)
+    svc = service(store, clock)
+    sid = await svc.check(claims(), CLIENT)
+    svc._states.clear()  # force the next check through the store
+    store.gate = asyncio.Event()
+    racing = asyncio.create_task(svc.check(claims(), CLIENT))
+    await store.reading.wait()  # the check has read "active" and is held
+    assert await svc.revoke(sid, "alice") is not None
+    store.gate.set()
+    with pytest.raises(SessionRejected):
+        await racing
+    with pytest.raises(SessionRejected):
+        await svc.check(claims(), CLIENT)
+
+
+async def test_cutoff_boundaries(store: SlowStore) -> None:
+    """After log-out-others at T, tokens with iat < T are refused, iat >= T pass, the kept session passes."""
+    clock = ManualClock(T0 + 100)
+    svc = service(store, clock)
+    await svc.check(claims(key="sid:keep", iat=T0), CLIENT)
+    await svc.check(claims(key="sid:other", iat=T0), CLIENT)
+    await svc.revoke_user("alice", keep_session_key="sid:keep")
+    with pytest.raises(SessionRejected, match="revoked"):
+        await svc.check(claims(key="sid:other", iat=T0), CLIENT)
+    with pytest.raises(SessionRejected, match="cut_off"):
+        await svc.check(claims(key="sid:never-seen", iat=T0 + 99.999), CLIENT)
+    with pytest.raises(SessionRejected, match="cut_off"):
+        await svc.check(claims(key="sid:no-iat", iat=None), CLIENT)
+    assert await svc.check(claims(key="sid:new-login", iat=T0 + 100), CLIENT)
+    assert await svc.check(claims(key="sid:keep", iat=T0), CLIENT)
+    # Another process reading the store sees the same cut-off.
+    fresh = service(store, clock)
+    with pytest.raises(SessionRejected, match="cut_off"):
+        await fresh.check(claims(key="sid:never-seen-2", iat=T0 + 50), CLIENT)
+
+
+async def test_admin_cutoff_has_no_exception(store: SlowStore) -> None:
+    """revoke_user without a kept session refuses every earlier token of the user."""
+    svc = service(store, ManualClock(T0 + 10))
+    await svc.check(claims(key="sid:a", iat=T0), CLIENT)
+    await svc.revoke_user("alice", keep_session_key=None)
+    for key in ("sid:a", "sid:b"):
+        with pytest.raises(SessionRejected):
+            await svc.check(claims(key=key, iat=T0), CLIENT)
+
+
+async def test_tombstone_grows_with_newer_tokens(store: SlowStore) -> None:
+    """A revoked session seen with a later-expiring token keeps its tombstone until that expiry."""
+    clock = ManualClock(T0)
+    svc = service(store, clock)
+    sid = await svc.check(claims(exp=T0 + 60), CLIENT)
+    await svc.revoke(sid, None)
+    with pytest.raises(SessionRejected):
+        await svc.check(claims(exp=T0 + 7200), CLIENT)
+    await svc.flush()
+    row = await store.get(sid)
+    assert row is not None and row.expires_at == T0 + 7200 and row.revoked_at is not None
+
+
+async def test_last_seen_is_batched(store: SlowStore) -> None:
+    """Checks update last_seen in memory; one flush writes the newest value."""
+    clock = ManualClock(T0)
+    svc = service(store, clock)
+    sid = await svc.check(claims(), CLIENT)
+    await svc.flush()
+    for _ in range(10):
+        clock.advance(1)
+        await svc.check(claims(), CLIENT)
+    row = await store.get(sid)
+    assert row is not None and row.last_seen == T0  # nothing written yet
+    listed = await svc.list_active("alice")
+    assert listed[0].last_seen == T0 + 10  # the listing shows pending activity
+    await svc.flush()
+    row = await store.get(sid)
+    assert row is not None and row.last_seen == T0 + 10
+
+
+async def test_failed_flush_keeps_updates(store: SlowStore) -> None:
+    """If the store refuses a flush, the updates stay pending and land on the next one."""
+    clock = ManualClock(T0)
+    svc = service(store, clock)
+    sid = await svc.check(claims(), CLIENT)
+    clock.advance(5)
+    await svc.check(claims(), CLIENT)
+    blocker_store = store._writer
+    store._writer = None  # the writer is gone: touch raises StoreUnavailable
+    await svc.flush()
+    store._writer = blocker_store
+    await svc.flush()
+    row = await store.get(sid)
+    assert row is not None and row.last_seen == T0 + 5
+
+
+async def test_evicted_tombstone_is_reloaded(store: SlowStore) -> None:
+    """A revoked session pushed out of the bounded memory is read back from the store as revoked."""
+    svc = service(store, ManualClock(T0), state_cache_size=2)
+    sid = await svc.check(claims(key="sid:victim"), CLIENT)
+    await svc.revoke(sid, None)
+    for i in range(5):
+        await svc.check(claims(key=f"sid:filler-{i}"), CLIENT)
+    assert "sid:victim" not in svc._states
+    with pytest.raises(SessionRejected, match="revoked"):
+        await svc.check(claims(key="sid:victim"), CLIENT)
+
+
+async def test_explicit_mode(store: SlowStore) -> None:
+    """Explicit mode refuses unknown sessions and accepts registered ones."""
+    svc = service(store, ManualClock(T0), registration="explicit")
+    with pytest.raises(SessionRejected, match="unknown_session"):
+        await svc.check(claims(), CLIENT)
+    session, created = await svc.register(claims(), CLIENT)
+    assert created
+    assert await svc.check(claims(), CLIENT) == session.id
+
+
+async def test_register_refuses_cut_off_tokens(store: SlowStore) -> None:
+    """The admin register call refuses a token issued before the user's cut-off."""
+    svc = service(store, ManualClock(T0 + 10))
+    await svc.revoke_user("alice", None)
+    with pytest.raises(SessionRejected, match="cut_off"):
+        await svc.register(claims(iat=T0), CLIENT)
+
+
+async def test_store_down_on_miss_raises(store: SlowStore) -> None:
+    """An unknown session while the store is down raises StoreUnavailable (the check denies)."""
+    svc = service(store, ManualClock(T0))
+    await store.close()
+    with pytest.raises(StoreUnavailable):
+        await svc.check(claims(), CLIENT)
