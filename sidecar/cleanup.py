@@ -1,32 +1,94 @@
-"""Reclaim space: delete sessions whose tokens can no longer be used.
+"""Reclaim space: delete sessions and cut-offs that can no longer refuse a live token.
 
-Correctness never depends on this running: expiry is checked on every request. A row is
-only deleted once its latest token expiry, plus the verification leeway, plus a grace
-period, lies in the past, so a revoked session's tombstone outlives every token of it
-(SECURITY_CASES C30, D35).
+Correctness never depends on this running: expiry is checked on every request, so a
+worker that is down for days only lets the database grow (SECURITY_CASES D35). What may
+go, and why it is safe (``keep`` = ``jwt.leeway_seconds`` + ``celery.cleanup_grace_seconds``,
+``lifetime`` = ``celery.max_token_lifetime_seconds``):
+
+- an unrevoked session once its latest token expiry is older than ``keep``: every token
+  of it is refused on its own ``exp`` anyway;
+- a revoked session (a tombstone) only once that holds *and* it was revoked more than
+  ``lifetime + keep`` ago. The first rule covers the tokens the sidecar saw; the second
+  covers a token issued before the revocation that it never saw, which would otherwise
+  register afresh in ``auto`` mode once the row is gone (C30);
+- a user's cut-off once it is older than ``lifetime + keep``: every token issued before it
+  has expired by then.
+
+Everything is deleted in batches, each its own short transaction, so checks and API writes
+interleave with a long purge instead of waiting behind it. Deleting is idempotent: two
+workers running at once delete each row once and do no harm.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from dataclasses import dataclass
 
-from sidecar.sessions.store import SessionStore
+from sidecar.config import Settings
+from sidecar.sessions import SessionStore, store_from_settings
 
 log = logging.getLogger(__name__)
 
 
-async def purge_expired(store: SessionStore, *, now: float, keep_seconds: float, batch_size: int) -> int:
-    """Delete expired sessions in batches of ``batch_size``; return how many were deleted.
+@dataclass(frozen=True, slots=True)
+class CleanupPolicy:
+    """How long rows are kept past the point where they stop mattering."""
 
-    Each batch is its own short transaction, so checks and API writes interleave with a
-    long purge instead of waiting behind it.
+    keep_seconds: float  # leeway + grace after the last token expiry
+    max_token_lifetime_seconds: float  # the longest exp - iat the auth service issues
+    batch_size: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> CleanupPolicy:
+        c = settings.celery
+        return cls(
+            keep_seconds=settings.jwt.leeway_seconds + c.cleanup_grace_seconds,
+            max_token_lifetime_seconds=c.max_token_lifetime_seconds,
+            batch_size=c.cleanup_batch_size,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class CleanupReport:
+    """What one cleanup run deleted."""
+
+    sessions: int
+    cutoffs: int
+
+    def as_dict(self) -> dict[str, int]:
+        return {"sessions": self.sessions, "cutoffs": self.cutoffs}
+
+
+async def purge_expired(store: SessionStore, *, now: float, policy: CleanupPolicy) -> CleanupReport:
+    """Delete what can no longer refuse a live token, in batches; report the counts.
+
+    A loop ends only on a batch that deletes nothing, so a run racing another one still
+    finishes the job; each row is counted by the run that deleted it.
     """
-    before = now - keep_seconds
-    total = 0
-    while True:
-        deleted = await store.purge_expired(before, batch_size)
-        total += deleted
-        if deleted < batch_size:
-            break
-    log.info("cleanup: deleted %d expired session(s)", total)
-    return total
+    expired_before = now - policy.keep_seconds
+    dead_before = expired_before - policy.max_token_lifetime_seconds
+    sessions = 0
+    while deleted := await store.purge_sessions(expired_before, dead_before, policy.batch_size):
+        sessions += deleted
+    cutoffs = 0
+    while deleted := await store.purge_cutoffs(dead_before, policy.batch_size):
+        cutoffs += deleted
+    report = CleanupReport(sessions, cutoffs)
+    log.info("cleanup: deleted %d expired session(s) and %d old cut-off(s)", sessions, cutoffs)
+    return report
+
+
+async def run_cleanup(settings: Settings, *, now: float | None = None) -> CleanupReport:
+    """Open the configured store, purge once, close it: what ``sidecar cleanup`` and the
+    Celery task both run."""
+    store = store_from_settings(settings.storage)
+    await store.open()
+    try:
+        return await purge_expired(
+            store,
+            now=time.time() if now is None else now,
+            policy=CleanupPolicy.from_settings(settings),
+        )
+    finally:
+        await store.close()

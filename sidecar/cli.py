@@ -107,20 +107,11 @@ def cmd_check_config(settings: Settings, path: str) -> int:
 
 
 async def _cleanup(settings: Settings) -> int:
-    from sidecar.cleanup import purge_expired
-    from sidecar.sessions import store_from_settings
+    from sidecar.cleanup import run_cleanup
 
-    store = store_from_settings(settings.storage)
-    await store.open()
-    try:
-        return await purge_expired(
-            store,
-            now=time.time(),
-            keep_seconds=settings.jwt.leeway_seconds + settings.celery.cleanup_grace_seconds,
-            batch_size=settings.celery.cleanup_batch_size,
-        )
-    finally:
-        await store.close()
+    # The same core run as the Celery task; it logs both counts (sessions and cut-offs).
+    report = await run_cleanup(settings)
+    return report.sessions
 
 
 def cmd_cleanup(settings: Settings) -> int:

@@ -99,10 +99,17 @@ class RedisSettings:
 
 @dataclass(frozen=True)
 class CelerySettings:
-    broker_url: str | None = None
+    broker_url: str | None = field(default=None, repr=False)  # may carry a password
+    # Queue of the cleanup task: not Celery's "celery", so a worker of another app on the
+    # same Redis never takes our tasks and ours never takes theirs.
+    queue: str = "sidecar"
     cleanup_interval_seconds: float = 300.0
     cleanup_grace_seconds: float = 3600.0
     cleanup_batch_size: int = 1000
+    # The longest lifetime (exp - iat) of any access token the auth service issues. The
+    # sidecar cannot know it, so cleanup assumes this bound before it drops a cut-off or
+    # the tombstone of a revoked session (a token issued before either is dead by then).
+    max_token_lifetime_seconds: float = 30 * 86400.0
 
 
 @dataclass(frozen=True)
@@ -469,11 +476,20 @@ def _redis(s: _Section) -> RedisSettings:
 
 def _celery(s: _Section) -> CelerySettings:
     broker = s.optional_str("broker_url")
+    if broker is not None and not broker.startswith(("redis://", "rediss://", "redis+socket://")):
+        raise ConfigError("celery.broker_url: must start with redis://, rediss:// or redis+socket://")
+    queue = s.get("queue", str, "sidecar")
+    if not queue or len(queue) > 200 or not all(c.isascii() and (c.isalnum() or c in "._:-") for c in queue):
+        raise ConfigError(f"celery.queue: use 1-200 of A-Z a-z 0-9 . _ : - (got {queue!r})")
     return _finish(s, CelerySettings(
         broker_url=broker,
+        queue=queue,
         cleanup_interval_seconds=s.number("cleanup_interval_seconds", 300.0, minimum=1, maximum=86400 * 7),
         cleanup_grace_seconds=s.number("cleanup_grace_seconds", 3600.0, minimum=0, maximum=86400 * 365),
         cleanup_batch_size=s.integer("cleanup_batch_size", 1000, minimum=1, maximum=100_000),
+        max_token_lifetime_seconds=s.number(
+            "max_token_lifetime_seconds", 30 * 86400.0, minimum=1, maximum=86400 * 3650
+        ),
     ))
 
 

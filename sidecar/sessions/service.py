@@ -177,14 +177,20 @@ class SessionService:
         state cannot be established; callers deny on both (fail closed).
         """
         key = claims.session_key
+        now = self._clock.wall()
         state = self._states.get(key)
+        if state is not None and not state.revoked and state.expires_at <= now:
+            # Every token seen for this session had expired, so cleanup may have deleted its
+            # row: read the store again, so that a newer token of it registers a row rather
+            # than living on only in this process's memory.
+            del self._states[key]
+            state = None
         entry: CutoffEntry = self._cutoffs.get(claims.user_id, _MISSING)
         if state is None or isinstance(entry, _Missing):
             state, entry = await self._load(claims, state is None, isinstance(entry, _Missing))
         else:
             self._states.move_to_end(key)
 
-        now = self._clock.wall()
         if state is not None:
             if state.user_id != claims.user_id:
                 raise SessionRejected("session_user_mismatch")

@@ -261,15 +261,6 @@ class SqliteStore:
                 [(t.last_seen, t.expires_at, t.session_id) for t in touches],
             )
 
-    async def purge_expired(self, before: float, limit: int) -> int:
-        async with self._transaction() as db:
-            cur = await db.execute(
-                "DELETE FROM sessions WHERE id IN "
-                "(SELECT id FROM sessions WHERE expires_at < ? LIMIT ?)",
-                (before, limit),
-            )
-            return int(cur.rowcount)
-
     async def purge_sessions(self, expired_before: float, revoked_before: float, limit: int) -> int:
         async with self._transaction() as db:
             # sessions_by_expiry bounds the scan; the batch is one short write transaction.

@@ -57,6 +57,17 @@ class SessionStore(Protocol):
         """Raise last_seen / expires_at to the given values (never lower them)."""
         ...
 
-    async def purge_expired(self, before: float, limit: int) -> int:
-        """Delete at most ``limit`` sessions whose expiry is before ``before``; return the count."""
+    async def purge_sessions(self, expired_before: float, revoked_before: float, limit: int) -> int:
+        """Delete at most ``limit`` sessions whose expiry is before ``expired_before`` and
+        that are unrevoked or were revoked before ``revoked_before``; return the count.
+
+        One short transaction; deleting a row twice counts it once (safe to run twice at once).
+        """
+        ...
+
+    async def purge_cutoffs(self, before: float, limit: int) -> int:
+        """Delete at most ``limit`` user cut-offs set before ``before``; return the count.
+
+        A cut-off raised meanwhile (by a new "log out others") is never deleted.
+        """
         ...

@@ -201,3 +201,17 @@ async def test_store_down_on_miss_raises(store: SlowStore) -> None:
     await store.close()
     with pytest.raises(StoreUnavailable):
         await svc.check(claims(), CLIENT)
+
+
+async def test_purged_session_comes_back_as_a_row(store: SlowStore) -> None:
+    """A cached session whose row cleanup deleted is written again when a newer token of it arrives."""
+    clock = ManualClock(T0)
+    svc = service(store, clock)
+    sid = await svc.check(claims(exp=T0 + 60), CLIENT)
+    await svc.flush()
+    clock.advance(120)
+    assert await store.purge_sessions(T0 + 100, T0, 100) == 1
+    again = await svc.check(claims(exp=T0 + 3600), CLIENT)
+    assert again != sid
+    assert await store.get(again) is not None
+    assert [s.id for s in await svc.list_active("alice")] == [again]

@@ -141,19 +141,32 @@ async def test_touch_only_raises_values(store: SessionStore) -> None:
     await store.touch([Touch(str(uuid.uuid4()), NOW, NOW)])  # a deleted session: no error
 
 
-async def test_purge_deletes_expired_in_batches_and_keeps_tombstones(store: SessionStore) -> None:
-    """purge_expired deletes at most `limit` expired rows per call; unexpired revoked rows stay."""
+async def test_purge_sessions_in_batches_keeps_tombstones(store: SessionStore) -> None:
+    """purge_sessions deletes at most `limit` expired rows per call; recently revoked rows stay."""
     expired = [session(expires=NOW - 10) for _ in range(5)]
     live = session()
-    tombstone = session()
-    for s in (*expired, live, tombstone):
+    tombstone = session(expires=NOW - 10)
+    old_tombstone = session(expires=NOW - 10)
+    for s in (*expired, live, tombstone, old_tombstone):
         await store.insert(s)
-    await store.revoke(tombstone.id, NOW)
-    assert await store.purge_expired(NOW, 2) == 2
-    assert await store.purge_expired(NOW, 10) == 3
-    assert await store.purge_expired(NOW, 10) == 0
+    await store.revoke(tombstone.id, NOW - 1)
+    await store.revoke(old_tombstone.id, NOW - 1000)
+    assert await store.purge_sessions(NOW, NOW - 500, 2) == 2
+    assert await store.purge_sessions(NOW, NOW - 500, 10) == 4
+    assert await store.purge_sessions(NOW, NOW - 500, 10) == 0
     assert await store.get(live.id) is not None
     assert await store.get(tombstone.id) is not None
+    assert await store.get(old_tombstone.id) is None
+
+
+async def test_purge_cutoffs(store: SessionStore) -> None:
+    """purge_cutoffs deletes cut-offs set before the bound and keeps newer ones."""
+    await store.revoke_user("old", NOW - 100, None)
+    await store.revoke_user("new", NOW, None)
+    assert await store.purge_cutoffs(NOW - 50, 10) == 1
+    assert await store.purge_cutoffs(NOW - 50, 10) == 0
+    assert await store.get_cutoff("old") is None
+    assert await store.get_cutoff("new") is not None
 
 
 async def test_values_round_trip_unchanged(store: SessionStore) -> None:
