@@ -8,8 +8,8 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import uuid
-from dataclasses import replace
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
