@@ -32,18 +32,28 @@ def deny() -> web.Response:
     )
 
 
+def _context(request: web.Request) -> str:
+    """Which request a deny was about, for the log: the gateway's X-Original-* when sent.
+
+    Values are client-controlled, so they are cut short and logged with repr().
+    """
+    method = request.headers.get("X-Original-Method", request.method)[:16]
+    uri = request.headers.get("X-Original-URI", request.path_qs)[:200]
+    return f"{method!r} {uri!r} from {request.remote!r}"
+
+
 async def introspect(request: web.Request) -> web.Response:
     try:
         claims, session_id = await authenticate(request)
     except InvalidToken as e:
-        log.info("check: deny %s", e.reason)
+        log.info("check: deny %s: %s", e.reason, _context(request))
         return deny()
     except StoreUnavailable as e:
-        log.error("check: deny, session state unknown: %s", e)
+        log.error("check: deny, session state unknown (%s): %s", e, _context(request))
         return deny()
     except Exception:
         # Fail closed: an error is never an allow and never a 5xx the gateway could misread.
-        log.exception("check: deny after an unexpected error")
+        log.exception("check: deny after an unexpected error: %s", _context(request))
         return deny()
     headers = {
         "X-Auth-User": claims.user_id,
