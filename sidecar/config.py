@@ -374,6 +374,7 @@ def _jwt(s: _Section) -> JwtSettings:
                 raise ConfigError(
                     f"jwt.secret: {a} needs a secret of at least {need} bytes (got {len(secret)})"
                 )
+        _check_hmac_secret(secret)
 
     key_files = s.str_list("public_key_file")
     public_keys = tuple(s.read_file("public_key_file", f) for f in key_files)
@@ -427,6 +428,17 @@ def _is_token(name: str) -> bool:
     # RFC 9110 section 5.6.2 token characters.
     allowed = set("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
     return bool(name) and all(c in allowed for c in name)
+
+
+def _check_hmac_secret(secret: bytes) -> None:
+    """Refuse a secret that is really a key (PEM, SSH, JWK), as PyJWT's HMAC would at start."""
+    from jwt.algorithms import HMACAlgorithm
+    from jwt.exceptions import InvalidKeyError
+
+    try:
+        HMACAlgorithm(HMACAlgorithm.SHA256).prepare_key(secret)
+    except InvalidKeyError as e:
+        raise ConfigError(f"jwt.secret: looks like a public key or JWK, not an HMAC secret ({e})") from e
 
 
 def _check_public_keys(keys: tuple[bytes, ...], names: tuple[str, ...], algorithms: list[str]) -> None:

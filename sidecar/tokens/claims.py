@@ -92,7 +92,8 @@ def read_claims(payload: Mapping[str, Any], settings: JwtSettings) -> Claims:
     every use, so a cached ``Claims`` is re-checked each time it is served.
     """
     expires_at = _number(payload, "exp", required=True)  # RFC 8725 3.10: always require exp
-    assert expires_at is not None
+    if expires_at is None:  # unreachable (required=True raises), but not an assert: -O drops those
+        raise InvalidToken("missing_exp")
     not_before = _number(payload, "nbf", required=False)
     issued_at = _number(payload, "iat", required=False)
 
@@ -111,10 +112,9 @@ def read_claims(payload: Mapping[str, Any], settings: JwtSettings) -> Claims:
             raise InvalidToken("unexpected_aud", "set jwt.audience to accept tokens that carry aud")
         if not any(a in settings.audience for a in token_aud):
             raise InvalidToken("wrong_audience")
-    if settings.token_type_claim is not None:
-        # Only access tokens open the gate; a refresh token never does (RFC 8725 3.11).
-        if payload.get(settings.token_type_claim) != settings.access_token_type:
-            raise InvalidToken("wrong_token_type")
+    # Only access tokens open the gate; a refresh token never does (RFC 8725 3.11).
+    if settings.token_type_claim is not None and payload.get(settings.token_type_claim) != settings.access_token_type:
+        raise InvalidToken("wrong_token_type")
 
     if settings.user_claim not in payload:
         raise InvalidToken("missing_user")

@@ -9,9 +9,12 @@ section 3.10, SECURITY_CASES A5).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from sidecar.clock import Clock
 from sidecar.errors import KeysUnavailable
@@ -20,6 +23,13 @@ from sidecar.tokens.keys import VerificationKey, keys_from_jwks
 log = logging.getLogger(__name__)
 
 Fetch = Callable[[str], Awaitable[bytes]]
+
+
+def _identity(key: VerificationKey) -> tuple[str | None, str, bytes]:
+    # The key material counts, not just its name: a key replaced under the same kid (or
+    # without a kid) is a withdrawal too.
+    material = key.key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    return key.kid, key.algorithm, material
 
 
 class JwksKeys:
@@ -65,8 +75,8 @@ class JwksKeys:
                 raise KeysUnavailable(f"JWKS at {self.url} is not a usable document: {e}") from e
             for p in problems:
                 log.warning("jwks: skipped a key: %s", p)
-            old = {(k.kid, k.algorithm) for k in self._keys}
-            new = {(k.kid, k.algorithm) for k in keys}
+            old = {_identity(k) for k in self._keys}
+            new = {_identity(k) for k in keys}
             if old - new:
                 self.generation += 1
             self._keys = keys
@@ -89,21 +99,31 @@ class JwksKeys:
         except KeysUnavailable as e:
             log.warning("jwks: refresh failed: %s", e)
 
+    def refresh_if_stale(self) -> None:
+        """Start a background refresh when the keys are older than the cache lifetime.
+
+        Also called for tokens served from the verifier's cache, so a withdrawn key is
+        noticed even when no uncached token arrives.
+        """
+        now = self._clock.monotonic()
+        stale = self._loaded_at is not None and now - self._loaded_at >= self._cache_seconds
+        idle = self._background is None or self._background.done()
+        if stale and idle and self._cooled_down():
+            # Stale but usable: refresh in the background, serve what we have.
+            self._attempted_at = now
+            self._background = asyncio.get_running_loop().create_task(self._refresh_quietly())
+
     async def keys_for(self, algorithm: str, kid: str | None) -> list[VerificationKey]:
         """Keys that may verify a token with this ``alg``/``kid``.
 
         An unknown ``kid`` triggers at most one fetch per cool-down (SECURITY_CASES A4), so a
         flood of random kids cannot turn the sidecar into a JWKS hammer.
         """
-        now = self._clock.monotonic()
         if self._loaded_at is None:
             if self._cooled_down():
                 await self._refresh_quietly()
-        elif now - self._loaded_at >= self._cache_seconds and self._cooled_down():
-            # Stale but usable: refresh in the background, serve what we have.
-            if self._background is None or self._background.done():
-                self._attempted_at = now
-                self._background = asyncio.get_running_loop().create_task(self._refresh_quietly())
+        else:
+            self.refresh_if_stale()
         found = self._match(algorithm, kid)
         if not found and kid is not None and self._cooled_down():
             await self._refresh_quietly()
@@ -113,7 +133,5 @@ class JwksKeys:
     async def close(self) -> None:
         if self._background is not None and not self._background.done():
             self._background.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._background
-            except asyncio.CancelledError:
-                pass

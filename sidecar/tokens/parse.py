@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +18,9 @@ from typing import Any
 from sidecar.errors import InvalidToken
 
 _SEGMENT = re.compile(rb"[A-Za-z0-9_-]*={0,2}")
+# Real claim sets nest a few levels (resource_access.client.roles). A fixed bound makes
+# the verdict independent of the interpreter's stack depth (SECURITY_CASES A11).
+MAX_JSON_DEPTH = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +45,27 @@ def _reject_constant(name: str) -> Any:
     raise InvalidToken("non_json_number", name)
 
 
+def _finite_float(text: str) -> float:
+    # 1e400 parses to inf in Python: not a number any JSON peer agrees on (RFC 8259 section 6).
+    value = float(text)
+    if not math.isfinite(value):
+        raise InvalidToken("non_json_number", text[:40])
+    return value
+
+
+def _too_deep(value: Any) -> bool:
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        if depth > MAX_JSON_DEPTH:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
 def _b64decode(segment: bytes, what: str) -> bytes:
     if not _SEGMENT.fullmatch(segment):
         raise InvalidToken("malformed", f"{what} is not base64url")
@@ -61,13 +86,20 @@ def _b64decode(segment: bytes, what: str) -> bytes:
 def _json_object(data: bytes, what: str) -> dict[str, Any]:
     try:
         text = data.decode("utf-8")
-        value = json.loads(text, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant)
+        value = json.loads(
+            text,
+            object_pairs_hook=_reject_duplicates,
+            parse_constant=_reject_constant,
+            parse_float=_finite_float,
+        )
     except InvalidToken:
         raise
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise InvalidToken("malformed", f"{what} is not JSON") from e
     if not isinstance(value, dict):
         raise InvalidToken("malformed", f"{what} is not a JSON object")
+    if _too_deep(value):
+        raise InvalidToken("malformed", f"{what} is nested deeper than {MAX_JSON_DEPTH} levels")
     return value
 
 

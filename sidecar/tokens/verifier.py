@@ -52,10 +52,13 @@ class TokenVerifier:
             raw = token.encode("ascii")
         except UnicodeEncodeError as e:
             raise InvalidToken("malformed", "token is not ASCII") from e
-        if self._jwks is not None and self._jwks.generation != self._jwks_generation:
-            # A key was withdrawn from the JWKS: what it verified must be verified again.
-            self._cache.clear()
-            self._jwks_generation = self._jwks.generation
+        if self._jwks is not None:
+            # Cache hits must not keep a stale JWKS (and a withdrawn key) alive forever.
+            self._jwks.refresh_if_stale()
+            if self._jwks.generation != self._jwks_generation:
+                # A key was withdrawn from the JWKS: what it verified must be verified again.
+                self._cache.clear()
+                self._jwks_generation = self._jwks.generation
         digest = hashlib.sha256(raw).digest()
         cached = self._cache.get(digest)
         if cached is not None:
@@ -75,7 +78,8 @@ class TokenVerifier:
         if "b64" in header:
             raise InvalidToken("unsupported_b64")  # RFC 7797 unencoded payloads are not JWTs
         kid = header.get("kid")
-        if kid is not None and (not isinstance(kid, str) or not 0 < len(kid) <= MAX_KID_LENGTH):
+        # RFC 7515 4.1.4: kid is a string; a present but null kid is refused, not ignored.
+        if "kid" in header and (not isinstance(kid, str) or not 0 < len(kid) <= MAX_KID_LENGTH):
             raise InvalidToken("bad_kid")
         # jku, x5u, jwk and x5c are deliberately never read: keys come from configuration.
 
