@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from sidecar.config import StorageSettings
-from sidecar.sessions.models import Cutoff, Session, Touch
+from sidecar.sessions.models import Changes, Cutoff, Session, Touch
 from sidecar.sessions.store import SessionStore
 
 
@@ -16,4 +16,4 @@ def store_from_settings(settings: StorageSettings) -> SessionStore:
     raise NotImplementedError(f"storage backend {settings.backend!r}")  # rejected by config.load
 
 
-__all__ = ["Cutoff", "Session", "SessionStore", "Touch", "store_from_settings"]
+__all__ = ["Changes", "Cutoff", "Session", "SessionStore", "Touch", "store_from_settings"]

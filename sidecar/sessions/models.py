@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 
@@ -50,3 +51,38 @@ class Touch:
     session_id: str
     last_seen: float
     expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Changes:
+    """Revocations and cut-offs committed after a revision, for catch-up between processes.
+
+    ``revision`` is the highest revision the reader may now remember: every change up to
+    it is included (a change may also appear again later; applying one twice is harmless).
+    """
+
+    revision: int
+    sessions: tuple[Session, ...]  # revoked sessions
+    cutoffs: tuple[Cutoff, ...]
+
+    @classmethod
+    def collect(
+        cls,
+        since: int,
+        limit: int,
+        sessions: Sequence[tuple[Session, int]],
+        cutoffs: Sequence[tuple[Cutoff, int]],
+    ) -> Changes:
+        """Combine two revision-ordered reads of at most ``limit`` rows each.
+
+        When a read came back full, rows past its last revision may exist unread, so the
+        safe revision to remember is the smallest last revision among full reads.
+        """
+        safe = [rows[-1][1] for rows in (sessions, cutoffs) if len(rows) >= limit]
+        seen = [rev for rows in (sessions, cutoffs) for _, rev in rows]
+        revision = min(safe) if safe else max(seen, default=since)
+        return cls(
+            revision=max(revision, since),
+            sessions=tuple(s for s, _ in sessions),
+            cutoffs=tuple(c for c, _ in cutoffs),
+        )

@@ -19,7 +19,7 @@ from typing import Any
 import aiosqlite
 
 from sidecar.errors import StoreUnavailable
-from sidecar.sessions.models import Cutoff, Session, Touch
+from sidecar.sessions.models import Changes, Cutoff, Session, Touch
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,21 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
                 exempt_session_key TEXT
             )
             """,
+        ),
+    ),
+    (
+        2,
+        (
+            # The revision feed: every revocation and cut-off takes the next revision from a
+            # one-row counter inside its own transaction. Bumping that row serialises them,
+            # so revisions become visible in commit order and a reader that remembers the
+            # highest revision it applied never skips one (catch-up between processes).
+            "CREATE TABLE revision_counter (id INTEGER PRIMARY KEY CHECK (id = 1), value INTEGER NOT NULL)",
+            "INSERT INTO revision_counter (id, value) VALUES (1, 0)",
+            "ALTER TABLE sessions ADD COLUMN revision INTEGER NOT NULL DEFAULT 0",
+            "ALTER TABLE user_cutoffs ADD COLUMN revision INTEGER NOT NULL DEFAULT 0",
+            "CREATE INDEX sessions_by_revision ON sessions (revision) WHERE revision > 0",
+            "CREATE INDEX cutoffs_by_revision ON user_cutoffs (revision)",
         ),
     ),
 )
@@ -205,12 +220,23 @@ class SqliteStore:
         )
         return [_session(r) for r in rows]
 
+    @staticmethod
+    async def _next_revision(db: aiosqlite.Connection) -> int:
+        async with db.execute("UPDATE revision_counter SET value = value + 1 WHERE id = 1 RETURNING value") as cur:
+            row = await cur.fetchone()
+        if row is None:  # pragma: no cover - migration 2 inserts the row
+            raise StoreUnavailable("revision counter missing")
+        return int(row[0])
+
     async def revoke(self, session_id: str, now: float) -> Session | None:
         async with self._transaction() as db:
-            await db.execute(
-                "UPDATE sessions SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
-                (now, session_id),
-            )
+            async with db.execute("SELECT 1 FROM sessions WHERE id = ? AND revoked_at IS NULL", (session_id,)) as cur:
+                unrevoked = await cur.fetchone() is not None
+            if unrevoked:
+                await db.execute(
+                    "UPDATE sessions SET revoked_at = ?, revision = ? WHERE id = ?",
+                    (now, await self._next_revision(db), session_id),
+                )
             async with db.execute(f"SELECT {_COLUMNS} FROM sessions WHERE id = ?", (session_id,)) as cur:  # noqa: S608
                 row = await cur.fetchone()
         return _session(row) if row else None
@@ -223,18 +249,19 @@ class SqliteStore:
                 (user_id, keep_session_key),
             ) as cur:
                 rows = [_session(r) for r in await cur.fetchall()]
+            revision = await self._next_revision(db)
             await db.execute(
-                "UPDATE sessions SET revoked_at = ? "
+                "UPDATE sessions SET revoked_at = ?, revision = ? "
                 "WHERE user_id = ? AND revoked_at IS NULL AND session_key IS NOT ?",
-                (now, user_id, keep_session_key),
+                (now, revision, user_id, keep_session_key),
             )
             # A later cut-off always wins; an earlier one is never restored.
             await db.execute(
-                "INSERT INTO user_cutoffs (user_id, cutoff_at, exempt_session_key) VALUES (?, ?, ?) "
+                "INSERT INTO user_cutoffs (user_id, cutoff_at, exempt_session_key, revision) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (user_id) DO UPDATE SET cutoff_at = excluded.cutoff_at, "
-                "exempt_session_key = excluded.exempt_session_key "
+                "exempt_session_key = excluded.exempt_session_key, revision = excluded.revision "
                 "WHERE excluded.cutoff_at >= user_cutoffs.cutoff_at",
-                (user_id, now, keep_session_key),
+                (user_id, now, keep_session_key, revision),
             )
         return [
             Session(
@@ -243,6 +270,27 @@ class SqliteStore:
             )
             for s in rows
         ]
+
+    async def current_revision(self) -> int:
+        rows = await self._fetch("SELECT value FROM revision_counter WHERE id = 1", ())
+        return int(rows[0][0]) if rows else 0
+
+    async def changes_since(self, revision: int, limit: int) -> Changes:
+        sessions = await self._fetch(
+            f"SELECT {_COLUMNS}, revision FROM sessions WHERE revision > ? ORDER BY revision LIMIT ?",  # noqa: S608
+            (revision, limit),
+        )
+        cutoffs = await self._fetch(
+            "SELECT user_id, cutoff_at, exempt_session_key, revision FROM user_cutoffs "
+            "WHERE revision > ? ORDER BY revision LIMIT ?",
+            (revision, limit),
+        )
+        return Changes.collect(
+            revision,
+            limit,
+            [(_session(r[:-1]), int(r[-1])) for r in sessions],
+            [(Cutoff(*r[:-1]), int(r[-1])) for r in cutoffs],
+        )
 
     async def get_cutoff(self, user_id: str) -> Cutoff | None:
         rows = await self._fetch(

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from sidecar.sessions.models import Cutoff, Session, Touch
+from sidecar.sessions.models import Changes, Cutoff, Session, Touch
 
 
 class SessionStore(Protocol):
@@ -52,6 +52,19 @@ class SessionStore(Protocol):
         ...
 
     async def get_cutoff(self, user_id: str) -> Cutoff | None: ...
+
+    async def current_revision(self) -> int:
+        """The highest revision handed out so far (0 on a new store)."""
+        ...
+
+    async def changes_since(self, revision: int, limit: int) -> Changes:
+        """Sessions revoked and cut-offs set with a revision above ``revision``.
+
+        Every revocation (``revoke`` that changed a row, ``revoke_user``) takes a new
+        revision in its transaction, in commit order, so a reader that keeps
+        ``Changes.revision`` and asks again never misses one.
+        """
+        ...
 
     async def touch(self, touches: Sequence[Touch]) -> None:
         """Raise last_seen / expires_at to the given values (never lower them)."""

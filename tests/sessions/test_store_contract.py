@@ -169,6 +169,52 @@ async def test_purge_cutoffs(store: SessionStore) -> None:
     assert await store.get_cutoff("new") is not None
 
 
+async def test_revision_feed_lists_revocations_and_cutoffs_in_order(store: SessionStore) -> None:
+    """Each revocation and cut-off gets a new revision; changes_since returns what came after one."""
+    assert await store.current_revision() == 0
+    a, b, c = session(), session(), session("bob")
+    for s in (a, b, c):
+        await store.insert(s)
+    start = await store.current_revision()
+    await store.revoke(a.id, NOW)
+    after_a = await store.current_revision()
+    assert after_a > start
+    await store.revoke(a.id, NOW + 1)  # already revoked: nothing new to tell
+    assert await store.current_revision() == after_a
+    await store.revoke_user("bob", NOW + 2, None)
+    changes = await store.changes_since(start, 100)
+    assert [s.id for s in changes.sessions] == [a.id, c.id]
+    assert [(x.user_id, x.cutoff_at) for x in changes.cutoffs] == [("bob", NOW + 2)]
+    assert changes.revision == await store.current_revision()
+    later = await store.changes_since(changes.revision, 100)
+    assert (later.sessions, later.cutoffs, later.revision) == ((), (), changes.revision)
+    assert [s.id for s in (await store.changes_since(after_a, 100)).sessions] == [c.id]
+
+
+async def test_revision_feed_pages_without_skipping(store: SessionStore) -> None:
+    """Reading the feed in small pages visits every revocation exactly once or more, never zero times."""
+    sessions = [session(f"user{i}") for i in range(7)]
+    for s in sessions:
+        await store.insert(s)
+    for i, s in enumerate(sessions):
+        if i % 2:
+            await store.revoke(s.id, NOW)
+        else:
+            await store.revoke_user(s.user_id, NOW, None)
+    seen: set[str] = set()
+    users: set[str] = set()
+    revision = 0
+    for _ in range(20):
+        changes = await store.changes_since(revision, 2)
+        seen |= {s.id for s in changes.sessions}
+        users |= {c.user_id for c in changes.cutoffs}
+        if changes.revision == revision:
+            break
+        revision = changes.revision
+    assert seen == {s.id for s in sessions}
+    assert users == {s.user_id for i, s in enumerate(sessions) if i % 2 == 0}
+
+
 async def test_values_round_trip_unchanged(store: SessionStore) -> None:
     """Identifiers with quotes, SQL and unicode in stored text round-trip as plain data."""
     s = replace(session(user="o'brien\"; DROP TABLE sessions; --", key="sid:' OR '1'='1"), location="Linköping, Sweden")
