@@ -75,6 +75,8 @@ class SessionSettings:
     registration: Registration = "auto"
     last_seen_flush_seconds: float = 5.0
     state_cache_size: int = 1_000_000
+    catchup_interval_seconds: float = 1.0
+    max_staleness_seconds: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -94,7 +96,8 @@ class StorageSettings:
 
 @dataclass(frozen=True)
 class RedisSettings:
-    url: str | None = None
+    url: str | None = field(default=None, repr=False)
+    channel: str = "sidecar:revocations"
 
 
 @dataclass(frozen=True)
@@ -453,6 +456,13 @@ def _check_public_keys(keys: tuple[bytes, ...], names: tuple[str, ...], algorith
 
 
 def _sessions(s: _Section) -> SessionSettings:
+    catchup = s.number("catchup_interval_seconds", 1.0, minimum=0.05, maximum=60)
+    staleness = s.number("max_staleness_seconds", 10.0, minimum=0.1, maximum=3600)
+    if staleness <= catchup:
+        raise ConfigError(
+            "sessions.max_staleness_seconds: must be longer than catchup_interval_seconds "
+            f"({staleness:g} <= {catchup:g})"
+        )
     registration = s.get("registration", str, "auto")
     if registration not in ("auto", "explicit"):
         raise ConfigError(f"sessions.registration: must be 'auto' or 'explicit', got {registration!r}")
@@ -460,6 +470,8 @@ def _sessions(s: _Section) -> SessionSettings:
         registration=cast(Registration, registration),
         last_seen_flush_seconds=s.number("last_seen_flush_seconds", 5.0, minimum=0.05, maximum=3600),
         state_cache_size=s.integer("state_cache_size", 1_000_000, minimum=1000, maximum=100_000_000),
+        catchup_interval_seconds=catchup,
+        max_staleness_seconds=staleness,
     ))
 
 
@@ -483,7 +495,10 @@ def _redis(s: _Section) -> RedisSettings:
     url = s.optional_str("url")
     if url is not None and not url.startswith(("redis://", "rediss://", "unix://")):
         raise ConfigError("redis.url: must start with redis://, rediss:// or unix://")
-    return _finish(s, RedisSettings(url=url))
+    channel = s.get("channel", str, "sidecar:revocations")
+    if not channel or len(channel) > 200 or not channel.isascii() or not channel.isprintable():
+        raise ConfigError("redis.channel: must be printable ASCII, 1-200 characters")
+    return _finish(s, RedisSettings(url=url, channel=channel))
 
 
 def _celery(s: _Section) -> CelerySettings:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +24,32 @@ class Session:
 
     def is_active(self, now: float) -> bool:
         return self.revoked_at is None and self.expires_at > now
+
+
+class RevokedRef(Protocol):
+    """What another process needs to know of a revoked session (a ``Session`` is one)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def session_key(self) -> str: ...
+    @property
+    def user_id(self) -> str: ...
+    @property
+    def expires_at(self) -> float: ...
+    @property
+    def revoked_at(self) -> float | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Revoked:
+    """A ``RevokedRef`` received over the wire (Redis push)."""
+
+    id: str
+    session_key: str
+    user_id: str
+    expires_at: float
+    revoked_at: float | None
 
 
 @dataclass(frozen=True, slots=True)

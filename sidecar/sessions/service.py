@@ -21,7 +21,7 @@ import contextlib
 import logging
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Final
 
@@ -29,13 +29,16 @@ from sidecar.clock import Clock
 from sidecar.config import Registration
 from sidecar.enrich.client_ip import IPAddress
 from sidecar.errors import InvalidToken, SessionRejected, StoreUnavailable
-from sidecar.sessions.models import Cutoff, Session, Touch
+from sidecar.sessions.models import Cutoff, RevokedRef, Session, Touch
 from sidecar.sessions.store import SessionStore
 from sidecar.tokens.claims import Claims
 
 log = logging.getLogger(__name__)
 
 _LOAD_ATTEMPTS: Final = 5
+
+# Called after a revocation committed and memory refuses it: (revoked sessions, cut-off).
+RevokedHook = Callable[[Sequence[Session], Cutoff | None], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +76,9 @@ class SessionService:
         locate: Callable[[IPAddress | None], str],
         state_cache_size: int = 1_000_000,
         flush_interval: float = 5.0,
+        catchup_interval: float = 1.0,
+        max_staleness: float = 10.0,
+        on_revoked: RevokedHook | None = None,
     ) -> None:
         self.store = store
         self._clock = clock
@@ -85,25 +91,92 @@ class SessionService:
         self._cutoffs: OrderedDict[str, Cutoff | None] = OrderedDict()
         self._generation = 0
         self._pending: dict[str, Touch] = {}
-        self._flusher: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._catchup_interval = catchup_interval
+        self._max_staleness = max_staleness
+        # Set after construction by whoever tells other processes (the Redis push).
+        self.on_revoked = on_revoked
+        self._revision = 0  # the store's revision feed, applied up to here
+        self._confirmed_at = clock.monotonic()  # when memory was last known to be current
+        self._catchup_lock = asyncio.Lock()
 
     # ------------------------------------------------------------------ lifecycle
 
-    def start(self) -> None:
-        self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
+    async def start(self) -> None:
+        """Begin at the store's current revision and run the flush and catch-up loops."""
+        self._revision = await self.store.current_revision()
+        self._confirmed_at = self._clock.monotonic()
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._every(self._flush_interval, self.flush)),
+            loop.create_task(self._every(self._catchup_interval, self._catch_up_quietly)),
+        ]
 
     async def stop(self) -> None:
-        if self._flusher is not None:
-            self._flusher.cancel()
+        for task in self._tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
-            self._flusher = None
+                await task
+        self._tasks = []
         await self.flush()
 
-    async def _flush_loop(self) -> None:
+    @staticmethod
+    async def _every(interval: float, job: Callable[[], Awaitable[None]]) -> None:
         while True:
-            await asyncio.sleep(self._flush_interval)
-            await self.flush()
+            await asyncio.sleep(interval)
+            await job()
+
+    # ------------------------------------------------------------------ propagation
+
+    async def catch_up(self) -> None:
+        """Apply every revocation and cut-off committed since the last catch-up.
+
+        This is what keeps several processes in agreement without Redis (and what a
+        process runs on reconnecting to Redis before it trusts the push channel again).
+        """
+        async with self._catchup_lock:
+            began = self._clock.monotonic()
+            while True:
+                changes = await self.store.changes_since(self._revision, 1000)
+                self.apply(changes.sessions, changes.cutoffs)
+                if changes.revision == self._revision:
+                    break
+                self._revision = changes.revision
+            self._confirmed_at = began
+
+    async def _catch_up_quietly(self) -> None:
+        try:
+            await self.catch_up()
+        except StoreUnavailable as e:
+            log.warning("sessions: catch-up from the store failed: %s", e)
+
+    @property
+    def fresh(self) -> bool:
+        """Whether memory is known current within ``max_staleness`` (else checks read the store)."""
+        return self._clock.monotonic() - self._confirmed_at <= self._max_staleness
+
+    def apply(self, sessions: Sequence[RevokedRef], cutoffs: Sequence[Cutoff]) -> None:
+        """Apply revocations made elsewhere (another process, via the store or Redis).
+
+        Only entries already in memory are touched: anything else is read from the store
+        on its next use. Bumping the generation makes any read in flight start over.
+        """
+        for s in sessions:
+            if s.revoked_at is not None and s.session_key in self._states:
+                self._remember(s.session_key, _State(s.id, s.user_id, True, s.expires_at), overwrite=True)
+        for c in cutoffs:
+            present = self._cutoffs.get(c.user_id)
+            if c.user_id in self._cutoffs and (present is None or c.cutoff_at >= present.cutoff_at):
+                self._remember_cutoff(c.user_id, c, overwrite=True)
+        if sessions or cutoffs:
+            self._generation += 1
+
+    def _revoked(self, sessions: Sequence[Session], cutoff: Cutoff | None) -> None:
+        if self.on_revoked is not None:
+            try:
+                self.on_revoked(sessions, cutoff)
+            except Exception:  # the revocation is committed; telling others is best effort
+                log.exception("sessions: revocation hook failed")
 
     async def flush(self) -> None:
         """Write batched last_seen/expiry updates; on failure keep them for the next try."""
@@ -151,8 +224,14 @@ class SessionService:
     def _state_of(s: Session) -> _State:
         return _State(s.id, s.user_id, s.revoked_at is not None, s.expires_at)
 
-    async def _load(self, claims: Claims, need_state: bool, need_cutoff: bool) -> tuple[_State | None, CutoffEntry]:
-        """Read what memory lacks; install it unless a revocation raced the read."""
+    async def _load(
+        self, claims: Claims, need_state: bool, need_cutoff: bool, *, overwrite: bool = False
+    ) -> tuple[_State | None, CutoffEntry]:
+        """Read what memory lacks; install it unless a revocation raced the read.
+
+        ``overwrite`` replaces what memory holds: used when memory may be stale, and safe
+        because a revocation landing during the read changes the generation.
+        """
         for _ in range(_LOAD_ATTEMPTS):
             generation = self._generation
             row = await self.store.get_by_key(claims.session_key) if need_state else None
@@ -160,11 +239,15 @@ class SessionService:
             if generation != self._generation:
                 continue  # a revocation landed while we read: read again
             state: _State | None = self._states.get(claims.session_key)
-            if need_state and row is not None:
-                state = self._remember(claims.session_key, self._state_of(row), overwrite=False)
+            if need_state:
+                if row is not None:
+                    state = self._remember(claims.session_key, self._state_of(row), overwrite=overwrite)
+                elif overwrite:
+                    self._states.pop(claims.session_key, None)
+                    state = None
             entry: CutoffEntry = self._cutoffs.get(claims.user_id, _MISSING)
             if need_cutoff:
-                entry = self._remember_cutoff(claims.user_id, cutoff, overwrite=False)
+                entry = self._remember_cutoff(claims.user_id, cutoff, overwrite=overwrite)
             return state, entry
         raise StoreUnavailable("session state kept changing during the read")
 
@@ -186,7 +269,11 @@ class SessionService:
             del self._states[key]
             state = None
         entry: CutoffEntry = self._cutoffs.get(claims.user_id, _MISSING)
-        if state is None or isinstance(entry, _Missing):
+        if not self.fresh:
+            # Revocations from other processes may not have reached memory (store and
+            # Redis both unreachable): trust only the store, and deny if it cannot answer.
+            state, entry = await self._load(claims, True, True, overwrite=True)
+        elif state is None or isinstance(entry, _Missing):
             state, entry = await self._load(claims, state is None, isinstance(entry, _Missing))
         else:
             self._states.move_to_end(key)
@@ -298,6 +385,7 @@ class SessionService:
             return existing
         self._remember(row.session_key, self._state_of(row), overwrite=True)
         self._generation += 1
+        self._revoked([row], None)
         return row
 
     async def revoke_user(self, user_id: str, keep_session_key: str | None) -> list[Session]:
@@ -307,8 +395,10 @@ class SessionService:
         rows = await self.store.revoke_user(user_id, now, keep_session_key)
         for row in rows:
             self._remember(row.session_key, self._state_of(row), overwrite=True)
-        self._remember_cutoff(user_id, Cutoff(user_id, now, keep_session_key), overwrite=True)
+        cutoff = Cutoff(user_id, now, keep_session_key)
+        self._remember_cutoff(user_id, cutoff, overwrite=True)
         self._generation += 1
+        self._revoked(rows, cutoff)
         return rows
 
 

@@ -18,7 +18,8 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Ready when the store answers and, with a JWKS URL, keys have been loaded."""
+    """Ready when the store answers, revocations are current, and (when configured) Redis
+    is subscribed and JWKS keys are loaded."""
     services = request.app[SERVICES]
     checks: dict[str, str] = {}
     try:
@@ -27,6 +28,10 @@ async def readyz(request: web.Request) -> web.Response:
     except StoreUnavailable as e:
         log.warning("readyz: store unavailable: %s", e)
         checks["store"] = "unavailable"
+    if services.push is not None:
+        checks["redis"] = "ok" if services.push.connected else "unavailable"
+    if not services.sessions.fresh:
+        checks["revocations"] = "stale"
     if services.jwks is not None:
         checks["jwks"] = "ok" if services.jwks.loaded else "unavailable"
     ready = all(v == "ok" for v in checks.values())

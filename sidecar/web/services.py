@@ -14,6 +14,7 @@ from sidecar.config import Settings
 from sidecar.enrich.device import DeviceParser
 from sidecar.enrich.geo import GeoLocator
 from sidecar.errors import KeysUnavailable
+from sidecar.revocation import RedisPush
 from sidecar.sessions import SessionStore, store_from_settings
 from sidecar.sessions.service import SessionService
 from sidecar.tokens import JwksKeys, TokenVerifier
@@ -30,6 +31,7 @@ class Services:
     verifier: TokenVerifier
     sessions: SessionService
     jwks: JwksKeys | None
+    push: RedisPush | None = None
 
 
 @asynccontextmanager
@@ -72,7 +74,14 @@ async def open_services(settings: Settings, clock: Clock | None = None) -> Async
             locate=geo.locate,
             state_cache_size=settings.sessions.state_cache_size,
             flush_interval=settings.sessions.last_seen_flush_seconds,
+            catchup_interval=settings.sessions.catchup_interval_seconds,
+            max_staleness=settings.sessions.max_staleness_seconds,
         )
-        sessions.start()
+        await sessions.start()
         stack.push_async_callback(sessions.stop)
-        yield Services(settings, clock, store, verifier, sessions, jwks)
+        push = None
+        if settings.redis.url is not None:
+            push = RedisPush(settings.redis.url, settings.redis.channel, sessions)
+            await push.start()
+            stack.push_async_callback(push.close)
+        yield Services(settings, clock, store, verifier, sessions, jwks, push)

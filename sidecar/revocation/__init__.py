@@ -1,0 +1,8 @@
+"""Telling other processes about revocations: Redis pub/sub push (the store's revision
+feed, polled by ``SessionService.catch_up``, is the fallback that needs no Redis)."""
+
+from __future__ import annotations
+
+from sidecar.revocation.redis_push import RedisPush, decode, encode
+
+__all__ = ["RedisPush", "decode", "encode"]
