@@ -9,7 +9,6 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import signal
 import sys
 import time
 import uuid
@@ -37,58 +36,10 @@ def _configure_logging(settings: Settings | None) -> None:
     )
 
 
-async def _serve(settings: Settings) -> None:
-    from aiohttp import web
-
-    from sidecar.web import create_admin_app, create_app, open_services
-    from sidecar.web.app import runner_kwargs
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-
-    async with open_services(settings) as services:
-        runners: list[web.AppRunner] = []
-        apps = [(create_app(settings, services), settings.server.host, settings.server.port, "public")]
-        if settings.admin.enabled:
-            apps.append((create_admin_app(settings, services), settings.admin.host, settings.admin.port, "admin"))
-        else:
-            log.warning("admin listener disabled: no admin.api_keys configured")
-        try:
-            for app, host, port, name in apps:
-                runner = web.AppRunner(app, **runner_kwargs(settings))
-                await runner.setup()
-                runners.append(runner)
-                site = web.TCPSite(runner, host, port)
-                await site.start()
-                log.info("%s listener on http://%s:%d", name, host, port)
-            print("sidecar: ready", file=sys.stderr, flush=True)
-            await stop.wait()
-            log.info("shutting down: no new connections, draining requests in flight")
-        finally:
-            # Stop accepting first, then drain in-flight requests (shutdown_timeout), then
-            # close the services (which flushes batched last_seen writes).
-            for runner in reversed(runners):
-                await runner.cleanup()
-
-
 def cmd_serve(settings: Settings) -> int:
-    try:
-        import uvloop
-    except ImportError:
-        runner = asyncio.run
-    else:
-        runner = uvloop.run
-    try:
-        runner(_serve(settings))
-    except StoreUnavailable as e:
-        print(f"sidecar: error: storage: {e}", file=sys.stderr)
-        return EXIT_RUNTIME
-    except OSError as e:
-        print(f"sidecar: error: cannot listen: {e}", file=sys.stderr)
-        return EXIT_RUNTIME
-    return 0
+    from sidecar.server import run
+
+    return run(settings)
 
 
 def cmd_check_config(settings: Settings, path: str) -> int:

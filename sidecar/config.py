@@ -327,11 +327,6 @@ def _server(s: _Section) -> ServerSettings:
         except ValueError as e:
             raise ConfigError(f"server.trusted_proxies: {item!r} is not an IP address or network") from e
     workers = s.integer("workers", 1, minimum=1, maximum=256)
-    if workers != 1:
-        raise ConfigError(
-            "server.workers: only 1 is supported in this version "
-            "(several processes need the shared store and revocation push)"
-        )
     return _finish(s, ServerSettings(
         host=s.get("host", str, "127.0.0.1"),
         port=_port(s, "port", 8080),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 from aiohttp import web
 
@@ -13,8 +14,8 @@ log = logging.getLogger(__name__)
 
 
 async def healthz(request: web.Request) -> web.Response:
-    """The process is up and its event loop answers."""
-    return web.json_response({"status": "ok"}, headers={"Cache-Control": "no-store"})
+    """The process is up and its event loop answers (pid: which worker answered)."""
+    return web.json_response({"status": "ok", "pid": os.getpid()}, headers={"Cache-Control": "no-store"})
 
 
 async def readyz(request: web.Request) -> web.Response:

@@ -1,0 +1,161 @@
+"""Serving: bind the listeners, run one process or supervise N pre-forked workers.
+
+With ``server.workers = N`` the parent binds the sockets, forks N workers that accept on
+them (the kernel hands each connection to one of them), restarts a worker that dies,
+and on SIGTERM/SIGINT passes the signal on and waits for every worker to drain. Each
+worker has its own memory; they agree through the store's revision feed and, when
+configured, Redis push. The parent starts no threads and no event loop before forking.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from types import FrameType
+
+from sidecar.config import Settings
+from sidecar.errors import StoreUnavailable
+
+log = logging.getLogger("sidecar")
+
+RESTART_DELAY_SECONDS = 1.0
+
+
+def bind(settings: Settings) -> dict[str, socket.socket]:
+    """The listening sockets: "public", and "admin" when admin keys are configured."""
+    wanted = {"public": (settings.server.host, settings.server.port)}
+    if settings.admin.enabled:
+        wanted["admin"] = (settings.admin.host, settings.admin.port)
+    else:
+        log.warning("admin listener disabled: no admin.api_keys configured")
+    sockets: dict[str, socket.socket] = {}
+    try:
+        for name, address in wanted.items():
+            sockets[name] = socket.create_server(address, backlog=1024)
+    except OSError:
+        for s in sockets.values():
+            s.close()
+        raise
+    return sockets
+
+
+async def _serve(settings: Settings, sockets: dict[str, socket.socket], label: str) -> None:
+    from aiohttp import web
+
+    from sidecar.web import create_admin_app, create_app, open_services
+    from sidecar.web.app import runner_kwargs
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    async with open_services(settings) as services:
+        runners: list[web.AppRunner] = []
+        apps = {"public": create_app(settings, services)}
+        if "admin" in sockets:
+            apps["admin"] = create_admin_app(settings, services)
+        try:
+            for name, app in apps.items():
+                runner = web.AppRunner(app, **runner_kwargs(settings))
+                await runner.setup()
+                runners.append(runner)
+                await web.SockSite(runner, sockets[name]).start()
+                host, port = sockets[name].getsockname()[:2]
+                log.info("%s listener on http://%s:%d%s", name, host, port, label)
+            print(f"sidecar: ready{label}", file=sys.stderr, flush=True)
+            await stop.wait()
+            log.info("shutting down%s: no new connections, draining requests in flight", label)
+        finally:
+            # Stop accepting first, then drain in-flight requests (shutdown_timeout), then
+            # close the services (which flushes batched last_seen writes).
+            for runner in reversed(runners):
+                await runner.cleanup()
+
+
+def _run_worker(settings: Settings, sockets: dict[str, socket.socket], label: str) -> int:
+    try:
+        import uvloop
+    except ImportError:
+        runner = asyncio.run
+    else:
+        runner = uvloop.run
+    try:
+        runner(_serve(settings, sockets, label))
+    except StoreUnavailable as e:
+        print(f"sidecar: error: storage: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def run(settings: Settings) -> int:
+    """Serve until SIGTERM/SIGINT; the exit code for the command line."""
+    try:
+        sockets = bind(settings)
+    except OSError as e:
+        print(f"sidecar: error: cannot listen: {e}", file=sys.stderr)
+        return 1
+    try:
+        if settings.server.workers == 1:
+            return _run_worker(settings, sockets, "")
+        return _supervise(settings, sockets)
+    finally:
+        for s in sockets.values():
+            s.close()
+
+
+def _supervise(settings: Settings, sockets: dict[str, socket.socket]) -> int:
+    workers = settings.server.workers
+    children: dict[int, int] = {}  # pid -> worker number
+    stopping = False
+
+    def spawn(number: int) -> None:
+        pid = os.fork()
+        if pid == 0:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, signal.SIG_DFL)
+            code = 1
+            try:
+                code = _run_worker(settings, sockets, f" (worker {number}/{workers}, pid {os.getpid()})")
+            finally:
+                os._exit(code)  # never fall back into the supervisor's loop
+        children[pid] = number
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in list(children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    for number in range(1, workers + 1):
+        spawn(number)
+    log.info("supervising %d workers", workers)
+
+    exit_code = 0
+    while children:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            break
+        if pid not in children:
+            continue
+        number = children.pop(pid)
+        code = os.waitstatus_to_exitcode(status)
+        if stopping:
+            if code != 0:
+                exit_code = 1
+            continue
+        log.error("worker %d (pid %d) exited with %s; restarting it", number, pid, code)
+        time.sleep(RESTART_DELAY_SECONDS)
+        if not stopping:
+            spawn(number)
+    return exit_code
