@@ -72,7 +72,7 @@ def process(argv: list[str], log: Path, port: int) -> Iterator[subprocess.Popen[
 
 
 def sidecar_config(
-    path: Path, port: int, admin_port: int, store: str, redis_port: int | None, channel: str
+    path: Path, *, port: int, admin_port: int, store: str, redis_port: int | None, channel: str
 ) -> Path:
     redis = f'[redis]\nurl = "redis://127.0.0.1:{redis_port}/0"\nchannel = "{channel}"\n' if redis_port else ""
     path.write_text(
@@ -125,7 +125,7 @@ async def measure(port_a_admin: int, port_b: int, count: int) -> list[float]:
 
 def summary(delays: list[float]) -> dict[str, float]:
     ordered = sorted(delays)
-    p99 = ordered[min(len(ordered) - 1, int(round(0.99 * (len(ordered) - 1))))]
+    p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
     return {
         "count": len(ordered),
         "p50_ms": statistics.median(ordered) * 1000,
@@ -155,7 +155,12 @@ def run(count: int, store: str | None) -> dict[str, Any]:
                 channel = f"bench:{uuid.uuid4()}"
                 for name in ("a", "b"):
                     cfg = sidecar_config(
-                        work / f"{mode}-{name}.toml", ports[name], ports[f"{name}_admin"], store_url, redis_port, channel
+                        work / f"{mode}-{name}.toml",
+                        port=ports[name],
+                        admin_port=ports[f"{name}_admin"],
+                        store=store_url,
+                        redis_port=redis_port,
+                        channel=channel,
                     )
                     stack.enter_context(process(
                         [sys.executable, "-m", "sidecar", "serve", "--config", str(cfg)],
