@@ -50,7 +50,7 @@ def cmd_check_config(settings: Settings, path: str) -> int:
     print(f"  jwt         {', '.join(s.jwt.algorithms)}; user claim {s.jwt.user_claim!r}, "
           f"session claim {s.jwt.session_claim!r}")
     print(f"  sessions    registration {s.sessions.registration}")
-    print(f"  storage     {s.storage.url}")
+    print(f"  storage     {s.storage.display_url}")
     admin = f"http://{s.admin.host}:{s.admin.port}" if s.admin.enabled else "disabled"
     print(f"  admin       {admin}")
     print(f"  geoip       {s.geoip.database or 'none (locations read Unknown)'}")

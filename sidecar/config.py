@@ -13,12 +13,13 @@ from __future__ import annotations
 import ipaddress
 import math
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar, cast
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from sidecar.errors import ConfigError
 
@@ -43,6 +44,8 @@ class ServerSettings:
     trusted_proxies: tuple[IPNetwork, ...] = ()
     shutdown_timeout_seconds: float = 10.0
     access_log: bool = False
+    max_concurrent_checks: int = 1000
+    api_rate_limit_per_minute: int = 120
 
 
 @dataclass(frozen=True)
@@ -81,12 +84,27 @@ class SessionSettings:
 
 @dataclass(frozen=True)
 class StorageSettings:
-    url: str = "sqlite:///sidecar.db"
-    busy_timeout_ms: int = 5000
+    url: str = field(default="sqlite:///sidecar.db", repr=False)  # a PostgreSQL URL may carry a password
+    busy_timeout_ms: int = 5000  # SQLite
+    pool_min_size: int = 1  # PostgreSQL, per process
+    pool_max_size: int = 10  # PostgreSQL, per process
+    statement_timeout_ms: int = 5000  # PostgreSQL
+    connect_timeout_seconds: float = 5.0  # PostgreSQL
 
     @property
     def backend(self) -> Literal["sqlite", "postgresql"]:
         return "postgresql" if self.url.startswith(("postgresql://", "postgres://")) else "sqlite"
+
+    @property
+    def display_url(self) -> str:
+        """``url`` with any password replaced by ``***``: safe to print or log."""
+        if self.backend != "postgresql":
+            return self.url
+        parts = urlsplit(self.url)
+        userinfo, at, hosts = parts.netloc.rpartition("@")
+        netloc = f"{userinfo.partition(':')[0]}:***@{hosts}" if at and ":" in userinfo else parts.netloc
+        query = re.sub(r"(^|&)password=[^&]*", r"\1password=***", parts.query)
+        return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
 
     @property
     def sqlite_path(self) -> Path:
@@ -334,6 +352,8 @@ def _server(s: _Section) -> ServerSettings:
         trusted_proxies=tuple(proxies),
         shutdown_timeout_seconds=s.number("shutdown_timeout_seconds", 10.0, minimum=0, maximum=600),
         access_log=s.get("access_log", bool, False),
+        max_concurrent_checks=s.integer("max_concurrent_checks", 1000, minimum=0, maximum=1_000_000),
+        api_rate_limit_per_minute=s.integer("api_rate_limit_per_minute", 120, minimum=0, maximum=1_000_000),
     ))
 
 
@@ -471,18 +491,50 @@ def _sessions(s: _Section) -> SessionSettings:
 
 
 def _storage(s: _Section) -> StorageSettings:
-    url = s.get("url", str, "sqlite:///sidecar.db")
+    # A PostgreSQL URL may carry a password, so it may come from url_env or url_file too.
+    # Messages here never echo the URL.
+    url = s.secret("url")
+    if url is None:
+        if "url" in s.data:
+            raise ConfigError("storage.url: must not be empty")
+        url = "sqlite:///sidecar.db"
     if url.startswith("sqlite:///"):
         path = url[len("sqlite:///") :]
         if not path or path == ":memory:":
             raise ConfigError("storage.url: needs a file, e.g. sqlite:///sidecar.db (in-memory is not durable)")
     elif url.startswith(("postgresql://", "postgres://")):
-        raise ConfigError("storage.url: PostgreSQL is not supported in this version; use sqlite:///FILE")
+        # What can be told without connecting (asyncpg reports the rest when the store
+        # opens). Say which part is wrong, never the URL or the parser's message.
+        if any(c.isspace() for c in url):
+            raise ConfigError("storage.url: must not contain spaces (percent-encode them as %20)")
+        try:
+            parts = urlsplit(url)
+            if "," not in parts.netloc:  # libpq's multi-host form "h1:5432,h2:5432" has no single port
+                _ = parts.port
+        except ValueError as e:
+            raise ConfigError("storage.url: not a valid PostgreSQL URL (bad host or port)") from e
+        try:
+            parse_qs(parts.query, strict_parsing=True)
+        except ValueError as e:
+            raise ConfigError("storage.url: not a valid PostgreSQL URL (bad query string, use key=value&...)") from e
     else:
-        raise ConfigError("storage.url: must start with sqlite:/// (e.g. sqlite:///sidecar.db)")
+        raise ConfigError(
+            "storage.url: must start with sqlite:/// (e.g. sqlite:///sidecar.db) "
+            "or postgresql:// (e.g. postgresql://sidecar@db.internal/sidecar)"
+        )
+    pool_min_size = s.integer("pool_min_size", 1, minimum=0, maximum=1000)
+    pool_max_size = s.integer("pool_max_size", 10, minimum=1, maximum=1000)
+    if pool_min_size > pool_max_size:
+        raise ConfigError(
+            f"storage.pool_min_size: must not exceed storage.pool_max_size ({pool_max_size}), got {pool_min_size}"
+        )
     return _finish(s, StorageSettings(
         url=url,
         busy_timeout_ms=s.integer("busy_timeout_ms", 5000, minimum=0, maximum=600_000),
+        pool_min_size=pool_min_size,
+        pool_max_size=pool_max_size,
+        statement_timeout_ms=s.integer("statement_timeout_ms", 5000, minimum=10, maximum=600_000),
+        connect_timeout_seconds=s.number("connect_timeout_seconds", 5.0, minimum=0.1, maximum=600),
     ))
 
 

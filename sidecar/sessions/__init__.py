@@ -3,17 +3,35 @@
 from __future__ import annotations
 
 from sidecar.config import StorageSettings
+from sidecar.errors import StoreUnavailable
 from sidecar.sessions.models import Changes, Cutoff, Session, Touch
 from sidecar.sessions.store import SessionStore
 
 
 def store_from_settings(settings: StorageSettings) -> SessionStore:
-    """The backend ``storage.url`` names (not yet opened)."""
-    if settings.backend == "sqlite":
-        from sidecar.sessions.sqlite import SqliteStore
+    """The backend ``storage.url`` names (not yet opened).
 
-        return SqliteStore(settings.sqlite_path, busy_timeout_ms=settings.busy_timeout_ms)
-    raise NotImplementedError(f"storage backend {settings.backend!r}")  # rejected by config.load
+    Raises ``StoreUnavailable`` when the backend's optional driver is not installed.
+    """
+    if settings.backend == "postgresql":
+        try:
+            from sidecar.sessions.postgres import PostgresStore
+        except ModuleNotFoundError as e:
+            if e.name != "asyncpg":
+                raise
+            raise StoreUnavailable(
+                "storage.url names PostgreSQL, which needs asyncpg: pip install 'sidecar[postgres]'"
+            ) from e
+        return PostgresStore(
+            settings.url,
+            pool_min_size=settings.pool_min_size,
+            pool_max_size=settings.pool_max_size,
+            statement_timeout_ms=settings.statement_timeout_ms,
+            connect_timeout_seconds=settings.connect_timeout_seconds,
+        )
+    from sidecar.sessions.sqlite import SqliteStore
+
+    return SqliteStore(settings.sqlite_path, busy_timeout_ms=settings.busy_timeout_ms)
 
 
 __all__ = ["Changes", "Cutoff", "Session", "SessionStore", "Touch", "store_from_settings"]

@@ -96,6 +96,8 @@ class SessionService:
         self._max_staleness = max_staleness
         # Set after construction by whoever tells other processes (the Redis push).
         self.on_revoked = on_revoked
+        # Set by the metrics layer: (via, seconds from the revocation to applying it here).
+        self.on_propagated: Callable[[str, float], None] | None = None
         self._revision = 0  # the store's revision feed, applied up to here
         self._confirmed_at = clock.monotonic()  # when memory was last known to be current
         self._catchup_lock = asyncio.Lock()
@@ -155,21 +157,40 @@ class SessionService:
         """Whether memory is known current within ``max_staleness`` (else checks read the store)."""
         return self._clock.monotonic() - self._confirmed_at <= self._max_staleness
 
-    def apply(self, sessions: Sequence[RevokedRef], cutoffs: Sequence[Cutoff]) -> None:
+    def apply(self, sessions: Sequence[RevokedRef], cutoffs: Sequence[Cutoff], via: str = "store") -> None:
         """Apply revocations made elsewhere (another process, via the store or Redis).
 
         Only entries already in memory are touched: anything else is read from the store
         on its next use. Bumping the generation makes any read in flight start over.
         """
+        now = self._clock.wall()
         for s in sessions:
-            if s.revoked_at is not None and s.session_key in self._states:
+            present = self._states.get(s.session_key)
+            if s.revoked_at is not None and present is not None:
                 self._remember(s.session_key, _State(s.id, s.user_id, True, s.expires_at), overwrite=True)
+                if not present.revoked:
+                    self._propagated(via, now - s.revoked_at)
         for c in cutoffs:
-            present = self._cutoffs.get(c.user_id)
-            if c.user_id in self._cutoffs and (present is None or c.cutoff_at >= present.cutoff_at):
+            if c.user_id not in self._cutoffs:
+                continue
+            known = self._cutoffs[c.user_id]
+            if known is None or c.cutoff_at > known.cutoff_at:
                 self._remember_cutoff(c.user_id, c, overwrite=True)
+                self._propagated(via, now - c.cutoff_at)
         if sessions or cutoffs:
             self._generation += 1
+
+    def _propagated(self, via: str, seconds: float) -> None:
+        if self.on_propagated is not None:
+            self.on_propagated(via, max(seconds, 0.0))
+
+    @property
+    def states_in_memory(self) -> int:
+        return len(self._states)
+
+    @property
+    def revision(self) -> int:
+        return self._revision
 
     def _revoked(self, sessions: Sequence[Session], cutoff: Cutoff | None) -> None:
         if self.on_revoked is not None:

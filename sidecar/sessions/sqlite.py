@@ -86,6 +86,8 @@ class SqliteStore:
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._write_lock = asyncio.Lock()
+        # The reader connection is shared; one multi-statement snapshot on it at a time.
+        self._snapshot_lock = asyncio.Lock()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -276,15 +278,30 @@ class SqliteStore:
         return int(rows[0][0]) if rows else 0
 
     async def changes_since(self, revision: int, limit: int) -> Changes:
-        sessions = await self._fetch(
-            f"SELECT {_COLUMNS}, revision FROM sessions WHERE revision > ? ORDER BY revision LIMIT ?",  # noqa: S608
-            (revision, limit),
-        )
-        cutoffs = await self._fetch(
-            "SELECT user_id, cutoff_at, exempt_session_key, revision FROM user_cutoffs "
-            "WHERE revision > ? ORDER BY revision LIMIT ?",
-            (revision, limit),
-        )
+        # Both reads in ONE snapshot: read apart, a revocation committed between them could
+        # be skipped (its revision below the cut-offs' and above what the sessions read saw).
+        # "revision > 0" lets SQLite use the partial index instead of scanning every session.
+        db = self._conn(self._reader)
+        async with self._snapshot_lock:
+            try:
+                await db.execute("BEGIN")
+                try:
+                    async with db.execute(
+                        f"SELECT {_COLUMNS}, revision FROM sessions "  # noqa: S608
+                        "WHERE revision > ? AND revision > 0 ORDER BY revision LIMIT ?",
+                        (revision, limit),
+                    ) as cur:
+                        sessions = list(await cur.fetchall())
+                    async with db.execute(
+                        "SELECT user_id, cutoff_at, exempt_session_key, revision FROM user_cutoffs "
+                        "WHERE revision > ? ORDER BY revision LIMIT ?",
+                        (revision, limit),
+                    ) as cur:
+                        cutoffs = list(await cur.fetchall())
+                finally:
+                    await db.execute("COMMIT")
+            except sqlite3.Error as e:
+                raise StoreUnavailable(f"SQLite read failed: {e}") from e
         return Changes.collect(
             revision,
             limit,

@@ -58,7 +58,8 @@ class SessionStore(Protocol):
         ...
 
     async def changes_since(self, revision: int, limit: int) -> Changes:
-        """Sessions revoked and cut-offs set with a revision above ``revision``.
+        """Sessions revoked and cut-offs set with a revision above ``revision``, read in one
+        snapshot (two separate reads could skip a revision committed between them).
 
         Every revocation (``revoke`` that changed a row, ``revoke_user``) takes a new
         revision in its transaction, in commit order, so a reader that keeps

@@ -215,3 +215,57 @@ async def test_purged_session_comes_back_as_a_row(store: SlowStore) -> None:
     assert again != sid
     assert await store.get(again) is not None
     assert [s.id for s in await svc.list_active("alice")] == [again]
+
+
+async def test_applied_revocations_report_their_propagation_delay(store: SlowStore) -> None:
+    """Applying another process's revocation reports how long it took; re-applying reports nothing."""
+    clock = ManualClock(T0)
+    svc = service(store, clock)
+    seen: list[tuple[str, float]] = []
+    svc.on_propagated = lambda via, seconds: seen.append((via, seconds))
+    sid = await svc.check(claims(), CLIENT)
+    row = await store.revoke(sid, T0)
+    assert row is not None
+    clock.advance(0.25)
+    svc.apply([row], [], via="redis")
+    svc.apply([row], [], via="store")
+    assert seen == [("redis", 0.25)]
+    with pytest.raises(SessionRejected, match="revoked"):
+        await svc.check(claims(), CLIENT)
+
+
+async def test_catch_up_applies_what_another_process_revoked(store: SlowStore) -> None:
+    """catch_up reads the revision feed and refuses sessions another process revoked."""
+    clock = ManualClock(T0)
+    svc = service(store, clock)
+    await svc.start()
+    try:
+        other = service(store, clock)
+        sid = await svc.check(claims(), CLIENT)
+        await svc.check(claims(key="sid:two"), CLIENT)
+        await other.revoke(sid, None)
+        await other.revoke_user("bob", None)
+        assert await svc.check(claims(), CLIENT) == sid  # memory has not heard yet
+        await svc.catch_up()
+        with pytest.raises(SessionRejected, match="revoked"):
+            await svc.check(claims(), CLIENT)
+        assert svc.revision == await store.current_revision()
+    finally:
+        await svc.stop()
+
+
+async def test_stale_memory_is_not_trusted(store: SlowStore) -> None:
+    """When catch-up has not succeeded for max_staleness, checks read the store (and deny if it is down)."""
+    clock = ManualClock(T0)
+    svc = service(store, clock, max_staleness=5.0)
+    other = service(store, clock)
+    sid = await svc.check(claims(), CLIENT)
+    await svc.check(claims(key="sid:cached"), CLIENT)
+    await other.revoke(sid, None)
+    clock.advance(6)  # no catch-up ran in between: memory is stale
+    assert not svc.fresh
+    with pytest.raises(SessionRejected, match="revoked"):
+        await svc.check(claims(), CLIENT)
+    await store.close()
+    with pytest.raises(StoreUnavailable):
+        await svc.check(claims(key="sid:cached"), CLIENT)  # allowed from memory were it fresh

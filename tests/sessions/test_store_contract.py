@@ -1,37 +1,80 @@
 """The store contract: one behaviour suite that every backend must pass.
 
-Backends are listed in ``BACKENDS``; the PostgreSQL one joins this list when it exists.
+Backends are listed in ``BACKENDS``: SQLite in a temporary file, and PostgreSQL in one
+database per test run (``tests/sessions/pg.py`` finds or starts the server), emptied
+before each test so the suite stays fast. Backend-specific tests follow the contract.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
+import random
 import sqlite3
+import sys
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import pytest
 
+from sidecar.config import StorageSettings
 from sidecar.errors import StoreUnavailable
-from sidecar.sessions import Session, SessionStore, Touch
+from sidecar.sessions import Session, SessionStore, Touch, store_from_settings
 from sidecar.sessions.sqlite import SCHEMA_VERSION, SqliteStore
+from tests.sessions import pg
+
+if TYPE_CHECKING:
+    from sidecar.sessions.postgres import PostgresStore
 
 NOW = 1_700_000_000.0
 
-
-def sqlite_backend(tmp_path: Path) -> SessionStore:
-    return SqliteStore(tmp_path / "contract.db", busy_timeout_ms=200)
+Backend = Callable[[pytest.FixtureRequest, Path], Awaitable[SessionStore]]
 
 
-BACKENDS: dict[str, Callable[[Path], SessionStore]] = {"sqlite": sqlite_backend}
+async def sqlite_backend(request: pytest.FixtureRequest, tmp_path: Path) -> SessionStore:
+    store = SqliteStore(tmp_path / "contract.db", busy_timeout_ms=200)
+    await store.open()
+    return store
+
+
+def postgres_store(url: str, **options: Any) -> PostgresStore:
+    """A PostgresStore (imported here, so a missing asyncpg fails only the PostgreSQL tests)."""
+    pg.asyncpg()
+    from sidecar.sessions.postgres import PostgresStore
+
+    options = {"pool_max_size": 4, "statement_timeout_ms": 5000, "connect_timeout_seconds": 5.0, **options}
+    return PostgresStore(url, **options)
+
+
+async def postgres_backend(request: pytest.FixtureRequest, tmp_path: Path) -> SessionStore:
+    url: str = request.getfixturevalue("postgres_url")
+    store = postgres_store(url)
+    await store.open()
+    # One database per run, emptied per test: far faster than a database per test.
+    await pg.execute(
+        url, "DELETE FROM sessions", "DELETE FROM user_cutoffs", "UPDATE revision_counter SET value = 0"
+    )
+    return store
+
+
+BACKENDS: dict[str, Backend] = {"sqlite": sqlite_backend, "postgresql": postgres_backend}
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """This run's own PostgreSQL database (schema created by the first store that opens it)."""
+    with pg.database() as url:
+        yield url
 
 
 @pytest.fixture(params=sorted(BACKENDS))
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[SessionStore]:
-    s = BACKENDS[request.param](tmp_path)
-    await s.open()
+    s = await BACKENDS[request.param](request, tmp_path)
     try:
         yield s
     finally:
@@ -231,6 +274,49 @@ async def test_ping(store: SessionStore) -> None:
         await store.ping()
 
 
+async def test_timestamps_round_trip_exactly(store: SessionStore) -> None:
+    """Epoch-second floats come back bit for bit, fractions and all."""
+    odd = 1_700_000_000.1 + 0.2
+    s = replace(session(created=odd), last_seen=odd + 1e-6, expires_at=4_102_444_800.000_001)
+    await store.insert(s)
+    assert await store.get(s.id) == s
+    revoked = await store.revoke(s.id, NOW + 1 / 3)
+    assert revoked is not None and revoked.revoked_at == NOW + 1 / 3
+    assert await store.get(s.id) == revoked
+
+
+async def test_concurrent_revokes_of_one_session_take_one_revision(store: SessionStore) -> None:
+    """Many concurrent revokes of one session agree on one revocation time and take one revision."""
+    s = session()
+    await store.insert(s)
+    before = await store.current_revision()
+    results = await asyncio.gather(*(store.revoke(s.id, NOW + i) for i in range(10)))
+    times = {r.revoked_at for r in results if r is not None}
+    assert len(times) == 1 and len(results) == 10
+    assert await store.current_revision() == before + 1
+
+
+async def test_touch_batch_with_one_session_twice_keeps_the_largest(store: SessionStore) -> None:
+    """Two touches of one session in one batch leave the larger of each value."""
+    s = session()
+    await store.insert(s)
+    await store.touch([Touch(s.id, NOW + 50, NOW + 60), Touch(s.id, NOW + 40, NOW + 7200)])
+    row = await store.get(s.id)
+    assert row is not None and (row.last_seen, row.expires_at) == (NOW + 50, NOW + 7200)
+
+
+async def test_revoke_user_keeping_an_unknown_session_revokes_all(store: SessionStore) -> None:
+    """A keep key that matches no session exempts nothing but that key in the cut-off."""
+    a, b = session(), session()
+    for s in (a, b):
+        await store.insert(s)
+    revoked = await store.revoke_user("alice", NOW, "sid:not-registered")
+    assert {s.id for s in revoked} == {a.id, b.id}
+    assert await store.list_active("alice", NOW - 1) == []
+    again = await store.revoke_user("alice", NOW + 1, None)
+    assert again == []
+
+
 # ---------------------------------------------------------------- SQLite specifics
 
 
@@ -292,3 +378,319 @@ async def test_sqlite_unwritable_location_is_a_clear_error(tmp_path: Path) -> No
     (tmp_path / "file").write_text("x")
     with pytest.raises(StoreUnavailable, match="cannot open SQLite database"):
         await SqliteStore(tmp_path / "file" / "x.db").open()
+
+
+# ---------------------------------------------------------------- PostgreSQL specifics
+
+
+@asynccontextmanager
+async def opened(url: str, **options: Any) -> AsyncIterator[PostgresStore]:
+    """An open PostgresStore on ``url``, closed afterwards."""
+    s = postgres_store(url, **options)
+    await s.open()
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+async def fresh_schema(url: str) -> str:
+    """``url`` pointed at a new, empty schema of this run's database (for migration tests)."""
+    name = f"s_{uuid.uuid4().hex[:16]}"
+    await pg.execute(url, f'CREATE SCHEMA "{name}"')
+    return pg.with_params(url, search_path=name)
+
+
+async def test_postgres_reopen_keeps_data_and_migrates_once(postgres_url: str) -> None:
+    """Reopening a database migrates nothing twice and keeps every row."""
+    url = await fresh_schema(postgres_url)
+    s = session()
+    async with opened(url) as first:
+        await first.insert(s)
+    async with opened(url) as second:
+        assert await second.get(s.id) == s
+    from sidecar.sessions import postgres
+
+    conn = await pg.asyncpg().connect(url)
+    try:
+        versions = [r[0] for r in await conn.fetch("SELECT version FROM schema_version ORDER BY version")]
+        types = dict(await conn.fetch(
+            "SELECT column_name, data_type FROM information_schema.columns "
+            "WHERE table_schema = current_schema() AND table_name = 'sessions'"
+        ))
+    finally:
+        await conn.close()
+    assert versions == list(range(1, postgres.SCHEMA_VERSION + 1))
+    assert postgres.SCHEMA_VERSION == SCHEMA_VERSION  # one logical schema version on both backends
+    assert types["created_at"] == types["revoked_at"] == "double precision"
+    assert types["id"] == types["session_key"] == types["user_id"] == "text"
+
+
+async def test_postgres_processes_starting_at_once_migrate_once(postgres_url: str) -> None:
+    """Several stores opening one new database at the same moment all succeed and migrate it once."""
+    url = await fresh_schema(postgres_url)
+    stores = [postgres_store(url, pool_max_size=1) for _ in range(6)]
+    try:
+        await asyncio.gather(*(s.open() for s in stores))
+        await asyncio.gather(*(s.ping() for s in stores))
+    finally:
+        await asyncio.gather(*(s.close() for s in stores))
+    count = await pg.fetchval(url, "SELECT count(*) FROM schema_version")
+    assert count == SCHEMA_VERSION
+
+
+async def test_postgres_refuses_a_newer_schema(postgres_url: str) -> None:
+    """A database written by a newer sidecar is refused with a clear error."""
+    url = await fresh_schema(postgres_url)
+    async with opened(url):
+        pass
+    await pg.execute(url, "INSERT INTO schema_version (version) VALUES (999)")
+    with pytest.raises(StoreUnavailable, match="newer than this sidecar"):
+        await postgres_store(url).open()
+
+
+async def _wait_for_lock_wait(url: str, task: asyncio.Task[Any]) -> None:
+    """Return once a backend of this database waits on a lock to bump the revision counter."""
+    for _ in range(500):
+        assert not task.done(), "the revoke committed while an earlier revision was still uncommitted"
+        waiting = await pg.fetchval(
+            url,
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND wait_event_type = 'Lock' AND query LIKE 'UPDATE revision_counter%'",
+        )
+        if waiting:
+            return
+        await asyncio.sleep(0.01)
+    pytest.fail("the second revocation never waited for the first")
+
+
+@pytest.mark.parametrize("store", ["postgresql"], indirect=True)
+async def test_postgres_revisions_become_visible_in_commit_order(store: SessionStore, postgres_url: str) -> None:
+    """A revocation waits for an uncommitted earlier one, so a reader never sees revision r + 1 before r."""
+    a, b = session(), session("bob")
+    for s in (a, b):
+        await store.insert(s)
+    start = await store.current_revision()
+    # Another process, mid-revocation: it has taken revision r and not yet committed.
+    conn = await pg.asyncpg().connect(postgres_url)
+    try:
+        tx = conn.transaction()
+        await tx.start()
+        r = await conn.fetchval("UPDATE revision_counter SET value = value + 1 WHERE id = 1 RETURNING value")
+        await conn.execute("UPDATE sessions SET revoked_at = $2, revision = $3 WHERE id = $1", a.id, NOW, r)
+        async with opened(postgres_url) as other:
+            later = asyncio.create_task(other.revoke(b.id, NOW))
+            await _wait_for_lock_wait(postgres_url, later)
+            seen = await store.changes_since(start, 100)
+            assert (seen.sessions, seen.revision) == ((), start)
+            await tx.commit()
+            revoked = await later
+    finally:
+        await conn.close()
+    assert revoked is not None and revoked.revoked_at == NOW
+    changes = await store.changes_since(seen.revision, 100)
+    assert [s.id for s in changes.sessions] == [a.id, b.id]
+    assert changes.revision == r + 1
+
+
+async def test_postgres_concurrent_revocations_across_two_pools(postgres_url: str) -> None:
+    """Revokes, revoke_users and touches racing through two pools each revoke a row once, take one
+    revision per change, never deadlock, and a reader polling meanwhile misses none of them."""
+    async with opened(postgres_url) as a, opened(postgres_url) as b, opened(postgres_url) as reader:
+        await pg.execute(postgres_url, "DELETE FROM sessions", "DELETE FROM user_cutoffs")
+        users = [f"race-{uuid.uuid4().hex[:8]}-{i}" for i in range(12)]
+        sessions = [session(u) for u in users for _ in range(5)]
+        for s in sessions:
+            await a.insert(s)
+        start = await a.current_revision()
+        clock = itertools.count(1)
+        calls: list[tuple[str, Any, float, Any]] = []  # (kind, target, now, coroutine)
+        for s in sessions:
+            for via in (a, b):
+                now = NOW + next(clock) / 1000
+                calls.append(("revoke", s.id, now, via.revoke(s.id, now)))
+        for user in users[:6]:
+            for via in (a, b):
+                now = NOW + next(clock) / 1000
+                calls.append(("user", user, now, via.revoke_user(user, now, None)))
+        random.Random(5).shuffle(calls)
+        touches = [Touch(s.id, NOW + 1, NOW + 9000) for s in sessions]
+        random.Random(6).shuffle(touches)
+
+        done = asyncio.Event()
+        seen_sessions: set[str] = set()
+        seen_users: set[str] = set()
+
+        async def poll() -> None:
+            revision = start
+            while True:
+                finished = done.is_set()
+                changes = await reader.changes_since(revision, 7)
+                seen_sessions.update(x.id for x in changes.sessions)
+                seen_users.update(c.user_id for c in changes.cutoffs)
+                if finished and changes.revision == revision:
+                    return
+                revision = changes.revision
+                await asyncio.sleep(0)
+
+        poller = asyncio.create_task(poll())
+
+        async def writes() -> list[Any]:
+            results = await asyncio.gather(
+                *(c for *_, c in calls), b.touch(touches[:30]), a.touch(touches[30:]), b.touch(touches)
+            )
+            return results[: len(calls)]
+
+        try:
+            results = await writes()
+        finally:
+            done.set()
+            await poller
+
+        winners = [target for (kind, target, now, _), r in zip(calls, results, strict=True)
+                   if kind == "revoke" and r is not None and r.revoked_at == now]
+        by_user = [x.id for (kind, *_), r in zip(calls, results, strict=True) if kind == "user" for x in r]
+        assert sorted(winners + by_user) == sorted(s.id for s in sessions)  # each row revoked exactly once
+        assert await a.current_revision() == start + len(winners) + 12  # one revision per change
+        assert seen_sessions == {s.id for s in sessions}
+        assert seen_users == set(users[:6])
+        for user in users[:6]:
+            cutoff = await reader.get_cutoff(user)
+            latest = max(now for kind, target, now, _ in calls if kind == "user" and target == user)
+            assert cutoff is not None and cutoff.cutoff_at == latest  # the later cut-off won
+        row = await reader.get(sessions[0].id)
+        assert row is not None and row.expires_at == NOW + 9000
+
+
+async def test_postgres_concurrent_purges_count_each_row_once(postgres_url: str) -> None:
+    """Two processes purging at once delete every expired row once and count it once."""
+    async with opened(postgres_url) as a, opened(postgres_url) as b:
+        await pg.execute(postgres_url, "DELETE FROM sessions", "DELETE FROM user_cutoffs")
+        expired = [session(f"u{i % 10}", expires=NOW - 10) for i in range(300)]
+        live = session()
+        for s in (*expired, live):
+            await a.insert(s)
+        for i in range(40):
+            await a.revoke_user(f"old{i}", NOW - 100, None)
+
+        async def purge(s: PostgresStore) -> tuple[int, int]:
+            sessions = cutoffs = 0
+            while deleted := await s.purge_sessions(NOW, NOW - 500, 7):
+                sessions += deleted
+            while deleted := await s.purge_cutoffs(NOW - 50, 3):
+                cutoffs += deleted
+            return sessions, cutoffs
+
+        (sa, ca), (sb, cb) = await asyncio.gather(purge(a), purge(b))
+        assert (sa + sb, ca + cb) == (300, 40)
+        assert await pg.fetchval(postgres_url, "SELECT count(*) FROM sessions") == 1
+        assert await a.get(live.id) == live
+
+
+async def test_postgres_unreachable_server_fails_open_without_leaking_the_password(postgres_url: str) -> None:
+    """Nothing listening -> open() raises StoreUnavailable naming host and database, never the password."""
+    port = pg.free_port()
+    url = f"postgresql://sidecar:hunter2-secret@127.0.0.1:{port}/sessions"
+    s = postgres_store(url, connect_timeout_seconds=2.0)
+    with pytest.raises(StoreUnavailable, match=f"cannot open PostgreSQL database 127.0.0.1:{port}/sessions") as info:
+        await s.open()
+    assert "hunter2" not in str(info.value) and "hunter2" not in repr(s)
+    with pytest.raises(StoreUnavailable, match="not open"):
+        await s.ping()
+
+
+def _address(url: str) -> tuple[str, int]:
+    parts = urlsplit(url)
+    return parts.hostname or "127.0.0.1", parts.port or 5432
+
+
+async def test_postgres_server_going_away_is_store_unavailable_until_it_returns(postgres_url: str) -> None:
+    """A server that drops every connection fails reads and writes with StoreUnavailable; the store
+    reconnects by itself once the server is back, with nothing half-written."""
+    proxy = pg.TcpProxy(*_address(postgres_url))
+    port = await proxy.start()
+    try:
+        async with opened(pg.with_address(postgres_url, "127.0.0.1", port), pool_max_size=2) as s:
+            row = session()
+            await s.insert(row)
+            await proxy.cut()
+            with pytest.raises(StoreUnavailable):
+                await s.get(row.id)
+            with pytest.raises(StoreUnavailable):
+                await s.revoke(row.id, NOW)
+            with pytest.raises(StoreUnavailable):
+                await s.ping()
+            await proxy.start()
+            await s.ping()
+            stored = await s.get(row.id)
+            assert stored is not None and stored.revoked_at is None
+            revoked = await s.revoke(row.id, NOW)
+            assert revoked is not None and revoked.revoked_at == NOW
+    finally:
+        await proxy.close()
+
+
+async def test_postgres_hung_server_fails_in_bounded_time(postgres_url: str) -> None:
+    """A server that stops answering mid-connection fails the call with StoreUnavailable after the
+    command timeout instead of hanging it, and the store recovers when it answers again."""
+    proxy = pg.TcpProxy(*_address(postgres_url))
+    port = await proxy.start()
+    try:
+        url = pg.with_address(postgres_url, "127.0.0.1", port)
+        async with opened(url, pool_max_size=2, statement_timeout_ms=200, connect_timeout_seconds=1.0) as s:
+            await s.ping()
+            proxy.freeze()
+            with pytest.raises(StoreUnavailable, match="TimeoutError"):
+                await s.get(str(uuid.uuid4()))
+            with pytest.raises(StoreUnavailable):
+                await s.revoke(str(uuid.uuid4()), NOW)
+            proxy.thaw()
+            await s.ping()
+    finally:
+        await proxy.close()
+
+
+@pytest.mark.parametrize("store", ["postgresql"], indirect=True)
+async def test_postgres_lock_held_past_the_timeout_fails_revoke_cleanly(store: SessionStore, postgres_url: str) -> None:
+    """A row lock held by another process past statement_timeout -> StoreUnavailable, nothing half-done (D33)."""
+    s = session()
+    await store.insert(s)
+    conn = await pg.asyncpg().connect(postgres_url)
+    try:
+        async with opened(postgres_url, statement_timeout_ms=100) as impatient:
+            tx = conn.transaction()
+            await tx.start()
+            await conn.execute("SELECT 1 FROM sessions WHERE id = $1 FOR UPDATE", s.id)
+            before = await impatient.current_revision()
+            with pytest.raises(StoreUnavailable, match="statement timeout"):
+                await impatient.revoke(s.id, NOW)
+            row = await impatient.get(s.id)  # reads never wait on row locks
+            assert row is not None and row.revoked_at is None
+            assert await impatient.current_revision() == before
+            await tx.rollback()
+            revoked = await impatient.revoke(s.id, NOW)
+            assert revoked is not None and revoked.revoked_at == NOW
+    finally:
+        await conn.close()
+
+
+# ---------------------------------------------------------------- choosing a backend
+
+
+@pytest.mark.parametrize("scheme", ["postgresql", "postgres"])
+def test_store_from_settings_picks_postgres_for_its_urls(scheme: str) -> None:
+    """postgresql:// and postgres:// URLs select the PostgreSQL store with the configured pool."""
+    settings = StorageSettings(url=f"{scheme}://sidecar:pw-xyz@db.internal:5433/sessions", pool_max_size=3)
+    s: Any = store_from_settings(settings)
+    assert type(s).__name__ == "PostgresStore"
+    assert (s.pool_max_size, s.where) == (3, "db.internal:5433/sessions")
+    assert "pw-xyz" not in repr(s)
+    assert isinstance(store_from_settings(StorageSettings(url="sqlite:///x.db")), SqliteStore)
+
+
+def test_store_from_settings_without_asyncpg_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without asyncpg installed, choosing PostgreSQL fails with the pip command that fixes it."""
+    monkeypatch.delitem(sys.modules, "sidecar.sessions.postgres", raising=False)
+    monkeypatch.setitem(sys.modules, "asyncpg", None)
+    with pytest.raises(StoreUnavailable, match=r"pip install 'sidecar\[postgres\]'"):
+        store_from_settings(StorageSettings(url="postgresql://db.internal/sessions"))

@@ -1,0 +1,496 @@
+"""PostgreSQL backend (asyncpg): the shared store for several processes and hosts.
+
+The same semantics as ``sqlite.py``, statement for statement; where PostgreSQL needs more
+care (row locks between processes, snapshots) the comment says why. Durability: a write
+returns only after its COMMIT, and PostgreSQL's default ``synchronous_commit = on`` makes
+a COMMIT return only once its WAL record is flushed to disk (on a synchronous standby too,
+when one is configured), so a revoke that answered 204 survives a server crash.
+``open()`` warns when the server runs with ``synchronous_commit = off``.
+
+Every statement is parameterised ($1...). Driver, socket and timeout errors become
+``StoreUnavailable`` with a short message that never carries the URL's password. Every
+command has a client-side timeout and a server-side ``statement_timeout``, so a hung or
+unreachable server fails a request in bounded time instead of stalling it.
+
+asyncpg ships no type information; the few calls used here are typed by the small
+protocols below, and the module itself is loaded as ``Any``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import re
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import replace
+from typing import Any, Final, Protocol
+from urllib.parse import unquote, urlsplit
+
+from sidecar.errors import StoreUnavailable
+from sidecar.sessions.models import Changes, Cutoff, Session, Touch
+
+# Loaded at import, so ``store_from_settings`` can turn a missing optional dependency into
+# one clear line (``pip install 'sidecar[postgres]'``) before anything else runs.
+asyncpg: Any = importlib.import_module("asyncpg")
+
+log = logging.getLogger(__name__)
+
+
+class _Connection(Protocol):
+    """The part of ``asyncpg.Connection`` (or a pool's proxy of one) this module uses."""
+
+    async def execute(self, query: str, *args: Any) -> str: ...
+
+    async def executemany(self, command: str, args: Iterable[Sequence[Any]]) -> None: ...
+
+    async def fetch(self, query: str, *args: Any) -> list[Any]: ...
+
+    async def fetchrow(self, query: str, *args: Any) -> Any: ...
+
+    async def fetchval(self, query: str, *args: Any) -> Any: ...
+
+    def transaction(
+        self, *, isolation: str | None = None, readonly: bool = False
+    ) -> AbstractAsyncContextManager[Any]: ...
+
+    def terminate(self) -> None: ...
+
+
+class _Pool(Protocol):
+    """The part of ``asyncpg.Pool`` this module uses."""
+
+    def acquire(self, *, timeout: float | None = None) -> AbstractAsyncContextManager[_Connection]: ...
+
+    async def close(self) -> None: ...
+
+    def terminate(self) -> None: ...
+
+
+# What the driver raises when the server or the network fails us. Programming errors
+# (a TypeError from a wrong argument) are deliberately not in this list.
+_DRIVER_ERRORS: Final[tuple[type[BaseException], ...]] = (
+    asyncpg.PostgresError,  # server-side errors, incl. statement_timeout and "too many connections"
+    asyncpg.InterfaceError,  # closed connection or pool, bad DSN, unencodable argument
+    asyncpg.InternalClientError,  # protocol errors
+    OSError,  # refused, reset, unreachable, DNS
+    TimeoutError,  # connect timeout, command_timeout, pool acquire timeout
+)
+# After these the connection is in an unknown state (a command may still be running on
+# it): drop it rather than let the pool try to reset it over a dead or hung socket.
+_BROKEN_CONNECTION: Final[tuple[type[BaseException], ...]] = (OSError, TimeoutError, asyncpg.InternalClientError)
+
+# Opening also fails on a malformed DSN (ValueError) and on a schema it must not touch.
+_OPEN_ERRORS: Final[tuple[type[BaseException], ...]] = (*_DRIVER_ERRORS, ValueError, StoreUnavailable)
+
+# Key of the advisory lock that serialises migrations between processes (any constant
+# distinct from other applications' keys in the same database; "sidecar" in ASCII).
+MIGRATION_LOCK_KEY: Final = 0x73_69_64_65_63_61_72
+
+# Versioned migrations, applied in order inside one transaction each. Never edit a released
+# step; append a new one. The version numbers match sqlite.py's: version N is the same
+# logical schema on both backends.
+#
+# Timestamps are DOUBLE PRECISION epoch seconds, the same IEEE doubles SQLite's REAL
+# stores, so every value round-trips exactly. Identifiers are TEXT COLLATE "C": byte-wise
+# comparison like SQLite's BINARY, so ``ORDER BY ..., id`` breaks ties identically on both
+# backends (and B-tree comparisons skip the locale).
+MIGRATIONS: Final[tuple[tuple[int, tuple[str, ...]], ...]] = (
+    (
+        1,
+        (
+            """
+            CREATE TABLE sessions (
+                id          TEXT COLLATE "C" PRIMARY KEY,
+                session_key TEXT COLLATE "C" NOT NULL UNIQUE,
+                user_id     TEXT COLLATE "C" NOT NULL,
+                created_at  DOUBLE PRECISION NOT NULL,
+                last_seen   DOUBLE PRECISION NOT NULL,
+                expires_at  DOUBLE PRECISION NOT NULL,
+                revoked_at  DOUBLE PRECISION,
+                ip_address  TEXT,
+                device      TEXT NOT NULL,
+                location    TEXT NOT NULL
+            )
+            """,
+            "CREATE INDEX sessions_by_user ON sessions (user_id, created_at)",
+            "CREATE INDEX sessions_by_expiry ON sessions (expires_at)",
+            """
+            CREATE TABLE user_cutoffs (
+                user_id            TEXT COLLATE "C" PRIMARY KEY,
+                cutoff_at          DOUBLE PRECISION NOT NULL,
+                exempt_session_key TEXT COLLATE "C"
+            )
+            """,
+        ),
+    ),
+    (
+        2,
+        (
+            # The revision feed. Not a SEQUENCE: nextval() hands out numbers at call time
+            # and they commit in any order, so a reader could see 8, remember it, and never
+            # look back for a 7 that commits a moment later. See _next_revision.
+            "CREATE TABLE revision_counter (id INTEGER PRIMARY KEY CHECK (id = 1), value BIGINT NOT NULL)",
+            "INSERT INTO revision_counter (id, value) VALUES (1, 0)",
+            "ALTER TABLE sessions ADD COLUMN revision BIGINT NOT NULL DEFAULT 0",
+            "ALTER TABLE user_cutoffs ADD COLUMN revision BIGINT NOT NULL DEFAULT 0",
+            "CREATE INDEX sessions_by_revision ON sessions (revision) WHERE revision > 0",
+            "CREATE INDEX cutoffs_by_revision ON user_cutoffs (revision)",
+        ),
+    ),
+)
+SCHEMA_VERSION: Final = MIGRATIONS[-1][0]
+
+_COLUMNS = "id, session_key, user_id, created_at, last_seen, expires_at, revoked_at, ip_address, device, location"
+_INSERT_ATTEMPTS: Final = 3
+
+
+def _session(row: Iterable[Any]) -> Session:
+    return Session(*row)
+
+
+def describe_dsn(dsn: str) -> str:
+    """``host:port/database`` of a PostgreSQL URL, without user or password (for messages)."""
+    try:
+        parts = urlsplit(dsn)
+    except ValueError:
+        return "PostgreSQL"
+    hosts = parts.netloc.rpartition("@")[2] or "default host"
+    return f"{hosts}{parts.path}" if parts.path not in ("", "/") else hosts
+
+
+def _passwords(dsn: str) -> list[str]:
+    """Every spelling of the DSN's password, to scrub from error messages."""
+    try:
+        parts = urlsplit(dsn)
+    except ValueError:
+        return []
+    found = [parts.password or "", *re.findall(r"(?:^|&)password=([^&]*)", parts.query)]
+    return sorted({v for p in found for v in (p, unquote(p)) if v}, key=len, reverse=True)
+
+
+class PostgresStore:
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        pool_min_size: int = 1,
+        pool_max_size: int = 10,
+        statement_timeout_ms: int = 5000,
+        connect_timeout_seconds: float = 5.0,
+    ) -> None:
+        self._dsn = dsn
+        self._secrets = _passwords(dsn)
+        self.where = describe_dsn(dsn)
+        self.pool_min_size = pool_min_size
+        self.pool_max_size = pool_max_size
+        self.statement_timeout_ms = statement_timeout_ms
+        self.connect_timeout_seconds = connect_timeout_seconds
+        # The server cancels a statement after statement_timeout, which keeps the connection
+        # usable; the client-side timeout, a little longer, is for a server or network that
+        # stopped answering altogether.
+        self._command_timeout = statement_timeout_ms / 1000 + 0.5
+        # Waiting for a pooled connection: a busy one frees up within a command timeout, a
+        # new one connects within the connect timeout. Also bounds the reset on release.
+        self._acquire_timeout = self._command_timeout + connect_timeout_seconds
+        self._pool: _Pool | None = None
+
+    def __repr__(self) -> str:
+        return f"PostgresStore({self.where!r})"  # never the DSN: it may carry a password
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def open(self) -> None:
+        try:
+            self._pool = await asyncpg.create_pool(
+                self._dsn,
+                min_size=self.pool_min_size,
+                max_size=self.pool_max_size,
+                timeout=self.connect_timeout_seconds,
+                command_timeout=self._command_timeout,
+                server_settings={
+                    "statement_timeout": str(self.statement_timeout_ms),
+                    # Our transactions never wait on anything but their own statements, so one
+                    # idle for seconds belongs to a client that hung or vanished: the server
+                    # ends it and frees its locks (the revision counter's above all) instead of
+                    # stalling every other process's revocations. At least 1 s, so a busy event
+                    # loop between two statements is not mistaken for that.
+                    "idle_in_transaction_session_timeout": str(max(self.statement_timeout_ms, 1000)),
+                    # The revision feed relies on READ COMMITTED writes (see _next_revision);
+                    # a database-wide default of REPEATABLE READ would turn waits into errors.
+                    "default_transaction_isolation": "read committed",
+                },
+            )
+            await self._migrate()
+            async with self._acquire("open") as conn:
+                if await conn.fetchval("SELECT current_setting('synchronous_commit')") == "off":
+                    log.warning(
+                        "postgres: %s runs with synchronous_commit = off: a revocation that was "
+                        "answered may be lost if the server crashes", self.where,
+                    )
+        except _OPEN_ERRORS as e:
+            await self.close()
+            detail = e if isinstance(e, StoreUnavailable) else self._describe(e)
+            raise StoreUnavailable(f"cannot open PostgreSQL database {self.where}: {detail}") from e
+        except BaseException:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        try:
+            await asyncio.wait_for(pool.close(), timeout=self._acquire_timeout)
+        except _DRIVER_ERRORS as e:
+            log.warning("postgres: error while closing %s: %s", self.where, self._describe(e))
+            pool.terminate()
+
+    async def _migrate(self) -> None:
+        async with self._transaction("migration") as db:
+            # Two processes starting at once queue here; the second then finds the schema
+            # current. The lock is released with the transaction.
+            await db.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_KEY)
+            await db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            current = int(await db.fetchval("SELECT COALESCE(MAX(version), 0) FROM schema_version"))
+            if current > SCHEMA_VERSION:
+                raise StoreUnavailable(
+                    f"database schema version {current} is newer than this sidecar ({SCHEMA_VERSION})"
+                )
+            for version, statements in MIGRATIONS:
+                if version <= current:
+                    continue
+                for sql in statements:
+                    await db.execute(sql)
+                await db.execute("INSERT INTO schema_version (version) VALUES ($1)", version)
+                log.info("postgres: migrated %s to schema version %d", self.where, version)
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _describe(self, e: BaseException) -> str:
+        text = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    @asynccontextmanager
+    async def _acquire(self, what: str) -> AsyncIterator[_Connection]:
+        """A pooled connection; driver errors -> StoreUnavailable naming ``what``."""
+        pool = self._pool
+        if pool is None:
+            raise StoreUnavailable("PostgreSQL store is not open")
+        try:
+            async with pool.acquire(timeout=self._acquire_timeout) as conn:
+                try:
+                    yield conn
+                except _BROKEN_CONNECTION:
+                    conn.terminate()
+                    raise
+        except _DRIVER_ERRORS as e:
+            raise StoreUnavailable(f"PostgreSQL {what} failed: {self._describe(e)}") from e
+
+    @asynccontextmanager
+    async def _transaction(
+        self, what: str, *, isolation: str | None = None, readonly: bool = False
+    ) -> AsyncIterator[_Connection]:
+        """One transaction: committed when the block ends, rolled back when it raises."""
+        async with self._acquire(what) as conn, conn.transaction(isolation=isolation, readonly=readonly):
+            yield conn
+
+    async def _fetch(self, sql: str, *args: Any) -> list[Any]:
+        async with self._acquire("read") as conn:
+            return await conn.fetch(sql, *args)
+
+    @staticmethod
+    async def _next_revision(db: _Connection) -> int:
+        """Take the next revision inside the caller's (READ COMMITTED) transaction.
+
+        The UPDATE row-locks the one counter row until the transaction ends, so a second
+        revocation transaction waits here until the first has committed, then increments
+        the committed value. Revision r + 1 is therefore taken only after r is visible,
+        and a reader that has seen r + 1 has seen everything up to it: revisions become
+        visible in commit order, which a SEQUENCE does not guarantee. The cost is that
+        revocations serialise on this row, but only for the short rest of each transaction:
+        every caller takes it after its session-row locks, just before its last statements.
+        """
+        value = await db.fetchval("UPDATE revision_counter SET value = value + 1 WHERE id = 1 RETURNING value")
+        if value is None:  # pragma: no cover - migration 2 inserts the row
+            raise StoreUnavailable("revision counter missing")
+        return int(value)
+
+    # ------------------------------------------------------------------ protocol
+
+    async def ping(self) -> None:
+        async with self._acquire("ping") as conn:
+            await conn.fetchval("SELECT 1")
+
+    async def get(self, session_id: str) -> Session | None:
+        rows = await self._fetch(f"SELECT {_COLUMNS} FROM sessions WHERE id = $1", session_id)  # noqa: S608 (constant column list)
+        return _session(rows[0]) if rows else None
+
+    async def get_by_key(self, session_key: str) -> Session | None:
+        rows = await self._fetch(f"SELECT {_COLUMNS} FROM sessions WHERE session_key = $1", session_key)  # noqa: S608
+        return _session(rows[0]) if rows else None
+
+    async def insert(self, session: Session) -> tuple[Session, bool]:
+        async with self._acquire("insert") as db:
+            for _ in range(_INSERT_ATTEMPTS):
+                # One autocommitted statement: durable when it returns. A concurrent insert
+                # of the same key waits on the unique index and then does nothing.
+                row = await db.fetchrow(
+                    f"INSERT INTO sessions ({_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) "  # noqa: S608
+                    f"ON CONFLICT (session_key) DO NOTHING RETURNING {_COLUMNS}",
+                    session.id, session.session_key, session.user_id, session.created_at,
+                    session.last_seen, session.expires_at, session.revoked_at,
+                    session.ip_address, session.device, session.location,
+                )
+                if row is not None:
+                    return _session(row), True
+                # Not a transaction: this read sees the row the conflicting insert committed.
+                row = await db.fetchrow(f"SELECT {_COLUMNS} FROM sessions WHERE session_key = $1", session.session_key)  # noqa: S608
+                if row is not None:
+                    return _session(row), False
+                # The holder of the key was purged in between: try the insert again.
+        raise StoreUnavailable("session key kept changing during insert")
+
+    async def list_active(self, user_id: str, now: float) -> list[Session]:
+        rows = await self._fetch(
+            f"SELECT {_COLUMNS} FROM sessions "  # noqa: S608
+            "WHERE user_id = $1 AND revoked_at IS NULL AND expires_at > $2 "
+            "ORDER BY created_at DESC, id",
+            user_id, now,
+        )
+        return [_session(r) for r in rows]
+
+    # Lock order, the same in every writing transaction so none waits on another in a
+    # cycle: session rows (ascending id), then the revision counter, then a cut-off row.
+
+    async def revoke(self, session_id: str, now: float) -> Session | None:
+        async with self._transaction("revoke") as db:
+            # FOR UPDATE: a concurrent revoke of this row waits here, then reads it revoked
+            # and takes no revision (only a revoke that changed the row takes one).
+            row = await db.fetchrow(f"SELECT {_COLUMNS} FROM sessions WHERE id = $1 FOR UPDATE", session_id)  # noqa: S608
+            if row is None:
+                return None
+            current = _session(row)
+            if current.revoked_at is not None:
+                return current
+            await db.execute(
+                "UPDATE sessions SET revoked_at = $2, revision = $3 WHERE id = $1",
+                session_id, now, await self._next_revision(db),
+            )
+        return replace(current, revoked_at=now)
+
+    async def revoke_user(self, user_id: str, now: float, keep_session_key: str | None) -> list[Session]:
+        async with self._transaction("revoke_user") as db:
+            rows = [
+                _session(r)
+                for r in await db.fetch(
+                    f"SELECT {_COLUMNS} FROM sessions "  # noqa: S608
+                    "WHERE user_id = $1 AND revoked_at IS NULL AND session_key IS DISTINCT FROM $2 "
+                    "ORDER BY id FOR UPDATE",
+                    user_id, keep_session_key,
+                )
+            ]
+            revision = await self._next_revision(db)
+            # By id, not by the predicate again: a session registered since the SELECT is
+            # not in ``rows`` (the cut-off covers its older tokens), and the return value
+            # must list exactly the rows this call revoked.
+            if rows:
+                await db.execute(
+                    "UPDATE sessions SET revoked_at = $1, revision = $2 WHERE id = ANY($3::text[])",
+                    now, revision, [s.id for s in rows],
+                )
+            # A later cut-off always wins; an earlier one is never restored.
+            await db.execute(
+                "INSERT INTO user_cutoffs (user_id, cutoff_at, exempt_session_key, revision) "
+                "VALUES ($1, $2, $3, $4) "
+                "ON CONFLICT (user_id) DO UPDATE SET cutoff_at = excluded.cutoff_at, "
+                "exempt_session_key = excluded.exempt_session_key, revision = excluded.revision "
+                "WHERE excluded.cutoff_at >= user_cutoffs.cutoff_at",
+                user_id, now, keep_session_key, revision,
+            )
+        return [replace(s, revoked_at=now) for s in rows]
+
+    async def current_revision(self) -> int:
+        async with self._acquire("read") as conn:
+            value = await conn.fetchval("SELECT value FROM revision_counter WHERE id = 1")
+        return int(value) if value is not None else 0
+
+    async def changes_since(self, revision: int, limit: int) -> Changes:
+        # Both reads in one snapshot. In two, a session revoked at r and a cut-off set at
+        # r + 1 could commit between them; the reader would see r + 1 and never r.
+        async with self._transaction("read", isolation="repeatable_read", readonly=True) as db:
+            # "revision > 0" lets the planner use the partial index sessions_by_revision
+            # even with a generic plan, where $1 is unknown.
+            sessions = await db.fetch(
+                f"SELECT {_COLUMNS}, revision FROM sessions "  # noqa: S608
+                "WHERE revision > $1 AND revision > 0 ORDER BY revision LIMIT $2",
+                revision, limit,
+            )
+            cutoffs = await db.fetch(
+                "SELECT user_id, cutoff_at, exempt_session_key, revision FROM user_cutoffs "
+                "WHERE revision > $1 ORDER BY revision LIMIT $2",
+                revision, limit,
+            )
+        return Changes.collect(
+            revision,
+            limit,
+            [(_session(tuple(r)[:-1]), int(r[-1])) for r in sessions],
+            [(Cutoff(*tuple(r)[:-1]), int(r[-1])) for r in cutoffs],
+        )
+
+    async def get_cutoff(self, user_id: str) -> Cutoff | None:
+        rows = await self._fetch(
+            "SELECT user_id, cutoff_at, exempt_session_key FROM user_cutoffs WHERE user_id = $1",
+            user_id,
+        )
+        return Cutoff(*rows[0]) if rows else None
+
+    async def touch(self, touches: Sequence[Touch]) -> None:
+        if not touches:
+            return
+        # One update per session (the largest values win), in id order: the lock order
+        # above, so a flush never deadlocks with a revoke_user or another process's flush.
+        merged: dict[str, Touch] = {}
+        for t in touches:
+            seen = merged.get(t.session_id)
+            merged[t.session_id] = t if seen is None else Touch(
+                t.session_id, max(t.last_seen, seen.last_seen), max(t.expires_at, seen.expires_at)
+            )
+        async with self._transaction("touch") as db:
+            await db.executemany(
+                "UPDATE sessions SET last_seen = GREATEST(last_seen, $2), expires_at = GREATEST(expires_at, $3) "
+                "WHERE id = $1",
+                [(t.session_id, t.last_seen, t.expires_at) for _, t in sorted(merged.items())],
+            )
+
+    async def purge_sessions(self, expired_before: float, revoked_before: float, limit: int) -> int:
+        # One autocommitted statement. FOR UPDATE re-checks each candidate against its latest
+        # committed version (a touch may have extended it) and locks it, so the DELETE
+        # removes exactly what was counted; SKIP LOCKED lets a concurrent purge take other
+        # rows instead of waiting for these, and skips rows a revoke or touch holds.
+        async with self._acquire("purge") as db:
+            status = await db.execute(
+                "DELETE FROM sessions WHERE id IN (SELECT id FROM sessions WHERE expires_at < $1 "
+                "AND (revoked_at IS NULL OR revoked_at < $2) LIMIT $3 FOR UPDATE SKIP LOCKED)",
+                expired_before, revoked_before, limit,
+            )
+        return _affected(status)
+
+    async def purge_cutoffs(self, before: float, limit: int) -> int:
+        # As above: a cut-off that a revoke_user raised meanwhile fails the re-check under
+        # FOR UPDATE, and one that revoke_user is raising right now is locked and skipped.
+        async with self._acquire("purge") as db:
+            status = await db.execute(
+                "DELETE FROM user_cutoffs WHERE user_id IN (SELECT user_id FROM user_cutoffs "
+                "WHERE cutoff_at < $1 LIMIT $2 FOR UPDATE SKIP LOCKED)",
+                before, limit,
+            )
+        return _affected(status)
+
+
+def _affected(status: str) -> int:
+    """The row count of a command tag such as ``DELETE 3``."""
+    return int(status.rsplit(" ", 1)[-1])
