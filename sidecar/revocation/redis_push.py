@@ -126,7 +126,7 @@ class RedisPush:
             log.warning("redis: ignored a malformed message on %s: %s", self.channel, e)
             return
         self.received += 1
-        self._sessions.apply(sessions, cutoffs)
+        self._sessions.apply(sessions, cutoffs, via="redis")
 
     async def _listen(self) -> None:
         while True:

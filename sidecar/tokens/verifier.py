@@ -37,6 +37,13 @@ class TokenVerifier:
             self._static.setdefault(key.algorithm, []).append(key)
         self._cache: OrderedDict[bytes, Claims] = OrderedDict()
         self._cache_size = settings.verified_cache_size
+        # Plain counters, read by the metrics collector at scrape time.
+        self.cache_hits = 0
+        self.cache_misses = 0
+
+    @property
+    def cached_tokens(self) -> int:
+        return len(self._cache)
 
     def _check_time(self, claims: Claims) -> Claims:
         reason = claims.time_error(self._clock.wall(), self.settings.leeway_seconds)
@@ -62,8 +69,10 @@ class TokenVerifier:
         digest = hashlib.sha256(raw).digest()
         cached = self._cache.get(digest)
         if cached is not None:
+            self.cache_hits += 1
             self._cache.move_to_end(digest)
             return self._check_time(cached)
+        self.cache_misses += 1
 
         parsed = parse_compact(token)
         header = parsed.header

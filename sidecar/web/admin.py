@@ -10,12 +10,14 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from sidecar.errors import InvalidToken, SessionRejected
 from sidecar.sessions.service import ClientInfo
+from sidecar.web import audit
 from sidecar.web.api import NOT_FOUND, session_id_from
 from sidecar.web.envelope import ApiError, session_json, success
-from sidecar.web.keys import SERVICES
+from sidecar.web.keys import ADMIN_ACTOR, SERVICES
 
 log = logging.getLogger(__name__)
 
@@ -29,14 +31,16 @@ async def require_api_key(request: web.Request, handler: Handler) -> web.StreamR
     values = request.headers.getall("Authorization", [])
     given = values[0].strip() if len(values) == 1 else ""
     scheme, _, key = given.partition(" ")
-    ok = False
+    matched: str | None = None
     if scheme.lower() == "bearer" and key:
         candidate = key.strip().encode()
         # Compare against every key in constant time, whatever matches first.
         for k in keys:
-            ok |= hmac.compare_digest(candidate, k.encode())
-    if not ok:
+            if hmac.compare_digest(candidate, k.encode()):
+                matched = k
+    if matched is None:
         raise ApiError(401, "Invalid or missing admin API key", _ADMIN_CHALLENGE)
+    request[ADMIN_ACTOR] = audit.key_fingerprint(matched)
     return await handler(request)
 
 
@@ -103,21 +107,36 @@ async def list_user_sessions(request: web.Request) -> web.Response:
 
 async def revoke_user(request: web.Request) -> web.Response:
     user_id = _user_id(request)
-    revoked = await request.app[SERVICES].sessions.revoke_user(user_id, keep_session_key=None)
+    services = request.app[SERVICES]
+    revoked = await services.sessions.revoke_user(user_id, keep_session_key=None)
+    services.metrics.revocations.labels("admin", "user").inc()
     log.info("admin: revoked user %s: %d session(s) and every earlier token", user_id, len(revoked))
+    audit.record(
+        "user.revoked", api="admin", actor_key=request[ADMIN_ACTOR], user=user_id,
+        revoked_sessions=[s.id for s in revoked],
+    )
     return web.Response(status=204)
 
 
 async def revoke_session(request: web.Request) -> web.Response:
     session_id = session_id_from(request.match_info["tail"])
-    s = await request.app[SERVICES].sessions.revoke(session_id, None)
+    services = request.app[SERVICES]
+    s = await services.sessions.revoke(session_id, None)
     if s is None:
         raise ApiError(404, NOT_FOUND)
+    services.metrics.revocations.labels("admin", "session").inc()
     log.info("admin: revoked session %s of user %s", s.id, s.user_id)
+    audit.record("session.revoked", api="admin", actor_key=request[ADMIN_ACTOR], user=s.user_id, session=s.id)
     return web.Response(status=204)
 
 
+async def metrics(request: web.Request) -> web.Response:
+    body = request.app[SERVICES].metrics.render()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST, "Cache-Control": "no-store"})
+
+
 def add_routes(app: web.Application) -> None:
+    app.router.add_get("/metrics", metrics)
     app.router.add_post("/admin/v1/sessions", register_session)
     app.router.add_delete(r"/admin/v1/sessions/{tail:[\s\S]+}", revoke_session)
     for path in ("/admin/v1/users/{user_id}/sessions", "/admin/v1/users/{user_id}/sessions/"):

@@ -7,9 +7,10 @@ import re
 
 from aiohttp import web
 
+from sidecar.web import audit
 from sidecar.web.envelope import ApiError, session_json, success
-from sidecar.web.keys import SERVICES
-from sidecar.web.requests import authenticate
+from sidecar.web.keys import API_RATE, SERVICES
+from sidecar.web.requests import authenticate, client_of
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +27,17 @@ def session_id_from(raw: str) -> str:
     return raw.lower()
 
 
+def _rate_limit(request: web.Request) -> None:
+    """429 past the per-client budget (SECURITY: a stolen token cannot hammer the API)."""
+    client = client_of(request)
+    allowed, wait = request.app[API_RATE].allow(str(client.ip))
+    if not allowed:
+        request.app[SERVICES].metrics.rate_limited.inc()
+        raise ApiError(429, "Too many requests", {"Retry-After": str(wait)})
+
+
 async def list_sessions(request: web.Request) -> web.Response:
+    _rate_limit(request)
     claims, current = await authenticate(request)
     sessions = await request.app[SERVICES].sessions.list_active(claims.user_id)
     data = [session_json(s, current_id=current) for s in sessions]
@@ -34,16 +45,24 @@ async def list_sessions(request: web.Request) -> web.Response:
 
 
 async def delete_other_sessions(request: web.Request) -> web.Response:
+    _rate_limit(request)
     claims, current = await authenticate(request)
-    revoked = await request.app[SERVICES].sessions.revoke_user(claims.user_id, keep_session_key=claims.session_key)
+    services = request.app[SERVICES]
+    revoked = await services.sessions.revoke_user(claims.user_id, keep_session_key=claims.session_key)
+    services.metrics.revocations.labels("sessions", "others").inc()
     log.info(
         "All sessions deleted successfully: user %s revoked %d other session(s), kept %s",
         claims.user_id, len(revoked), current,
+    )
+    audit.record(
+        "user.other_sessions_revoked", api="sessions", actor_user=claims.user_id, actor_session=current,
+        user=claims.user_id, kept_session=current, revoked_sessions=[s.id for s in revoked],
     )
     return web.Response(status=204)
 
 
 async def get_session(request: web.Request) -> web.Response:
+    _rate_limit(request)
     session_id = session_id_from(request.match_info["tail"])
     claims, current = await authenticate(request)
     s = await request.app[SERVICES].sessions.get_active(session_id, claims.user_id)
@@ -53,13 +72,20 @@ async def get_session(request: web.Request) -> web.Response:
 
 
 async def delete_session(request: web.Request) -> web.Response:
+    _rate_limit(request)
     session_id = session_id_from(request.match_info["tail"])
-    claims, _ = await authenticate(request)
+    claims, current = await authenticate(request)
+    services = request.app[SERVICES]
     # Another user's id answers exactly like an unknown one (SECURITY_CASES C23).
-    s = await request.app[SERVICES].sessions.revoke(session_id, claims.user_id)
+    s = await services.sessions.revoke(session_id, claims.user_id)
     if s is None:
         raise ApiError(404, NOT_FOUND)
+    services.metrics.revocations.labels("sessions", "session").inc()
     log.info("Session deleted successfully: user %s revoked %s", claims.user_id, session_id)
+    audit.record(
+        "session.revoked", api="sessions", actor_user=claims.user_id, actor_session=current,
+        user=s.user_id, session=s.id,
+    )
     return web.Response(status=204)
 
 

@@ -8,11 +8,14 @@ from typing import Any
 
 from aiohttp import web
 
+from sidecar.clock import SystemClock
 from sidecar.config import Settings
 from sidecar.web import admin, api, health
 from sidecar.web.envelope import error_middleware
 from sidecar.web.introspect import introspect
-from sidecar.web.keys import SERVICES
+from sidecar.web.keys import API_RATE, CHECKS_IN_FLIGHT, SERVICES
+from sidecar.web.limits import InFlight, RateLimiter
+from sidecar.web.openapi import add_openapi_routes
 from sidecar.web.services import Services, open_services
 
 # Headers are bounded by the HTTP parser; tokens larger than jwt.max_token_bytes but
@@ -34,6 +37,8 @@ def runner_kwargs(settings: Settings) -> dict[str, Any]:
 def create_app(settings: Settings, services: Services | None = None) -> web.Application:
     """The public listener. Without ``services`` the app opens (and closes) its own."""
     app = web.Application(middlewares=[error_middleware], client_max_size=64 * 1024)
+    app[CHECKS_IN_FLIGHT] = InFlight(settings.server.max_concurrent_checks)
+    app[API_RATE] = RateLimiter(settings.server.api_rate_limit_per_minute, SystemClock())
     if services is not None:
         app[SERVICES] = services
     else:
@@ -50,6 +55,7 @@ def create_app(settings: Settings, services: Services | None = None) -> web.Appl
     app.router.add_route("*", r"/introspect/{tail:[\s\S]*}", introspect)
     api.add_routes(app)
     health.add_routes(app)
+    add_openapi_routes(app)
     return app
 
 

@@ -9,15 +9,20 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 
 from aiohttp import web
 
 from sidecar.errors import InvalidToken, StoreUnavailable
 from sidecar.web.envelope import BEARER_CHALLENGE
+from sidecar.web.keys import CHECKS_IN_FLIGHT, SERVICES
 from sidecar.web.requests import authenticate
 
 log = logging.getLogger(__name__)
 
+_OVERLOAD_BODY = json.dumps(
+    {"status": "error", "status_code": 503, "message": "Overloaded, try again", "data": {}}
+).encode()
 _DENY_BODY = json.dumps(
     {"status": "error", "status_code": 401, "message": "Unauthorized", "data": {}}
 ).encode()
@@ -42,23 +47,49 @@ def _context(request: web.Request) -> str:
     return f"{method!r} {uri!r} from {request.remote!r}"
 
 
+def overloaded() -> web.Response:
+    return web.Response(
+        status=503,
+        body=_OVERLOAD_BODY,
+        content_type="application/json",
+        headers={"Retry-After": "1", "Cache-Control": "no-store"},
+    )
+
+
 async def introspect(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    metrics = services.metrics
+    in_flight = request.app[CHECKS_IN_FLIGHT]
+    if not in_flight.try_enter():
+        # Too much at once: a fast, clear refusal (the gateway treats it as an error, never
+        # an allow) rather than an ever-growing queue (SECURITY_CASES D38).
+        metrics.overloaded.inc()
+        return overloaded()
+    started = time.perf_counter()
     try:
-        claims, session_id = await authenticate(request)
-    except InvalidToken as e:
-        log.info("check: deny %s: %s", e.reason, _context(request))
-        return deny()
-    except StoreUnavailable as e:
-        log.error("check: deny, session state unknown (%s): %s", e, _context(request))
-        return deny()
-    except Exception:
-        # Fail closed: an error is never an allow and never a 5xx the gateway could misread.
-        log.exception("check: deny after an unexpected error: %s", _context(request))
-        return deny()
-    headers = {
-        "X-Auth-User": claims.user_id,
-        "X-Auth-Session": session_id,
-        "Cache-Control": "no-store",
-    }
-    headers.update(claims.extra_headers)
-    return web.Response(status=200, headers=headers)
+        try:
+            claims, session_id = await authenticate(request)
+        except InvalidToken as e:
+            log.info("check: deny %s: %s", e.reason, _context(request))
+            metrics.deny(e.reason)
+            return deny()
+        except StoreUnavailable as e:
+            log.error("check: deny, session state unknown (%s): %s", e, _context(request))
+            metrics.deny("store_unavailable")
+            return deny()
+        except Exception:
+            # Fail closed: an error is never an allow and never a 5xx the gateway could misread.
+            log.exception("check: deny after an unexpected error: %s", _context(request))
+            metrics.deny("internal_error")
+            return deny()
+        metrics.allow.inc()
+        headers = {
+            "X-Auth-User": claims.user_id,
+            "X-Auth-Session": session_id,
+            "Cache-Control": "no-store",
+        }
+        headers.update(claims.extra_headers)
+        return web.Response(status=200, headers=headers)
+    finally:
+        in_flight.leave()
+        metrics.check_seconds.observe(time.perf_counter() - started)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import aiohttp
 
@@ -14,6 +14,7 @@ from sidecar.config import Settings
 from sidecar.enrich.device import DeviceParser
 from sidecar.enrich.geo import GeoLocator
 from sidecar.errors import KeysUnavailable
+from sidecar.metrics import Metrics
 from sidecar.revocation import RedisPush
 from sidecar.sessions import SessionStore, store_from_settings
 from sidecar.sessions.service import SessionService
@@ -32,6 +33,19 @@ class Services:
     sessions: SessionService
     jwks: JwksKeys | None
     push: RedisPush | None = None
+    metrics: Metrics = field(default_factory=Metrics)
+
+    def live_values(self) -> dict[str, float]:
+        """What the metrics collector reads at scrape time."""
+        return {
+            "verified_cache_hits": self.verifier.cache_hits,
+            "verified_cache_misses": self.verifier.cache_misses,
+            "verified_tokens_in_memory": self.verifier.cached_tokens,
+            "session_states_in_memory": self.sessions.states_in_memory,
+            "revision_applied": self.sessions.revision,
+            "revocations_fresh": float(self.sessions.fresh),
+            "redis_connected": float(self.push is not None and self.push.connected),
+        }
 
 
 @asynccontextmanager
@@ -84,4 +98,8 @@ async def open_services(settings: Settings, clock: Clock | None = None) -> Async
             push = RedisPush(settings.redis.url, settings.redis.channel, sessions)
             await push.start()
             stack.push_async_callback(push.close)
-        yield Services(settings, clock, store, verifier, sessions, jwks, push)
+        services = Services(settings, clock, store, verifier, sessions, jwks, push)
+        services.metrics.watch(services.live_values)
+        propagation = services.metrics.propagation_seconds
+        sessions.on_propagated = lambda via, seconds: propagation.labels(via).observe(seconds)
+        yield services
