@@ -23,6 +23,7 @@ import pytest
 
 from tests.conftest import ADMIN_KEY, SECRET, mint
 from tests.gateways.support import Service, free_ports, log_says, running
+from tests.sessions.pg import database
 
 
 @contextmanager
@@ -35,7 +36,7 @@ def redis_server(workdir: Path, port: int) -> Iterator[Service]:
         yield service
 
 
-def config(workdir: Path, name: str, port: int, admin_port: int, database: Path, **extra: Any) -> Path:
+def config(workdir: Path, name: str, port: int, admin_port: int, database: Path | str, **extra: Any) -> Path:
     redis = extra.get("redis_port")
     workers = extra.get("workers", 1)
     catchup = extra.get("catchup", 0.5)
@@ -60,7 +61,7 @@ max_staleness_seconds = {catchup * 6}
 last_seen_flush_seconds = 0.5
 
 [storage]
-url = "sqlite:///{database}"
+url = "{database if isinstance(database, str) else f'sqlite:///{database}'}"
 
 [admin]
 port = {admin_port}
@@ -108,15 +109,27 @@ BOTH_PATHS = pytest.mark.parametrize("two_sidecars", [0.5, 60.0], ids=["catchup-
 CATCHUP_ONLY = pytest.mark.parametrize("two_sidecars", [0.5], ids=["catchup-0.5s"], indirect=True)
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def shared_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path | str]:
+    """The store both processes share: a SQLite file, or a PostgreSQL database of this test's own."""
+    if request.param == "sqlite":
+        yield tmp_path / "shared.db"
+    else:
+        with database("sidecar_scaleout") as url:
+            yield url
+
+
 @pytest.fixture
-def two_sidecars(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[int, int, int, Service]]:
-    """Two sidecar processes on one SQLite file and one Redis: (port A, port B, admin A, redis).
+def two_sidecars(
+    tmp_path: Path, request: pytest.FixtureRequest, shared_store: Path | str
+) -> Iterator[tuple[int, int, int, Service]]:
+    """Two sidecar processes on one store and one Redis: (port A, port B, admin A, redis).
 
     With a 60 s catch-up interval only the Redis push can deliver a revocation within the
     tests' 2 s bound, so those runs prove the push itself.
     """
     port_a, admin_a, port_b, admin_b, redis_port = free_ports(5)
-    db = tmp_path / "shared.db"
+    db = shared_store
     catchup = request.param
     with ExitStack() as stack:
         redis = stack.enter_context(redis_server(tmp_path, redis_port))
