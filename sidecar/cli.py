@@ -20,20 +20,12 @@ import jwt as pyjwt
 from sidecar import __version__
 from sidecar.config import Settings, load
 from sidecar.errors import ConfigError, SidecarError, StoreUnavailable
+from sidecar.logs import configure as configure_logging
 
 log = logging.getLogger("sidecar")
 
 EXIT_CONFIG = 2
 EXIT_RUNTIME = 1
-
-
-def _configure_logging(settings: Settings | None) -> None:
-    level = settings.logging.level if settings is not None else "INFO"
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
 
 
 def cmd_serve(settings: Settings) -> int:
@@ -137,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_check_config(settings, args.config)
     if args.command == "mint-token":
         return cmd_mint_token(settings, args)
-    _configure_logging(settings)
+    configure_logging(settings.logging)
     try:
         if args.command == "serve":
             return cmd_serve(settings)

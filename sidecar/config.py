@@ -152,6 +152,7 @@ class AdminSettings:
 @dataclass(frozen=True)
 class LoggingSettings:
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["text", "json"] = "text"
 
 
 @dataclass(frozen=True)
@@ -605,4 +606,7 @@ def _logging(s: _Section) -> LoggingSettings:
     level = s.get("level", str, "INFO").upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"logging.level: must be DEBUG, INFO, WARNING or ERROR, got {level!r}")
-    return _finish(s, LoggingSettings(level=cast(Any, level)))
+    fmt = s.get("format", str, "text")
+    if fmt not in ("text", "json"):
+        raise ConfigError(f"logging.format: must be 'text' or 'json', got {fmt!r}")
+    return _finish(s, LoggingSettings(level=cast(Any, level), format=cast(Any, fmt)))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -235,3 +236,36 @@ def test_cleanup_command_deletes_expired_sessions_only(tmp_path: Path) -> None:
     with sqlite3.connect(tmp_path / "cli.db") as db:
         left = {r[0] for r in db.execute("SELECT session_key FROM sessions")}
     assert left == {"sid:live", "sid:revoked"}
+
+
+async def test_json_logs_carry_the_request_id_and_never_a_token(tmp_path: Path) -> None:
+    """logging.format = "json": one JSON object per line, the gateway's X-Request-Id, no token."""
+    port, admin_port = free_port(), free_port()
+    config = write_config(tmp_path, port, admin_port, '[logging]\nformat = "json"\n')
+    env = {**os.environ, "TEST_JWT_SECRET": SECRET}
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [PYTHON, "-m", "sidecar", "serve", "--config", str(config)], stderr=out, stdout=out, env=env
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while "sidecar: ready" not in log.read_text():
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            await asyncio.sleep(0.05)
+        expired = sidecar("mint-token", "--config", str(config), "--sub", "eve", "--ttl", "-60").stdout.strip()
+        async with aiohttp.ClientSession() as http:
+            for rid in ("req-123", "bad id <with> spaces"):
+                headers = {"Authorization": f"Bearer {expired}", "X-Request-Id": rid}
+                async with http.get(f"http://127.0.0.1:{port}/introspect", headers=headers) as resp:
+                    assert resp.status == 401
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
+    lines = [line for line in log.read_text().splitlines() if line.startswith("{")]
+    entries = [json.loads(line) for line in lines]
+    denies = [e for e in entries if e["message"].startswith("check: deny expired")]
+    assert [e.get("request_id") for e in denies] == ["req-123", "invalid"]
+    assert all({"time", "level", "logger", "message"} <= e.keys() for e in entries)
+    assert expired not in log.read_text()

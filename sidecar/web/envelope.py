@@ -11,6 +11,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from sidecar.errors import InvalidToken, StoreUnavailable
+from sidecar.logs import REQUEST_ID
 from sidecar.sessions.models import Session
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,11 @@ def session_json(s: Session, *, current_id: str | None = None, with_user: bool =
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Map domain errors and aiohttp's own (404, 405, 413) onto the envelope."""
+    """Map domain errors and aiohttp's own (404, 405, 413) onto the envelope.
+
+    Also notes the gateway's X-Request-Id for the log lines of this request.
+    """
+    REQUEST_ID.set(request.headers.get("X-Request-Id"))
     try:
         return await handler(request)
     except ApiError as e:
