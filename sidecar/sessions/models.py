@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -68,7 +69,13 @@ class Cutoff:
         if self.exempt_session_key is not None and session_key == self.exempt_session_key:
             return False
         # A token without iat cannot prove it was issued after the cut-off.
-        return issued_at is None or issued_at < self.cutoff_at
+        if issued_at is None:
+            return True
+        # iat is whole seconds (RFC 7519 NumericDate as issuers write it), so the cut-off
+        # counts in whole seconds too: a token issued in the same second as the cut-off
+        # passes. Otherwise the new token an auth service issues right after "revoke user"
+        # (a password change) would be refused for its whole life.
+        return issued_at < math.floor(self.cutoff_at)
 
 
 @dataclass(frozen=True, slots=True)

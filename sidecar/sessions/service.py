@@ -319,6 +319,9 @@ class SessionService:
             state = self._states.get(key)
             if state is None or state.revoked:
                 raise SessionRejected("revoked")
+            if state.user_id != claims.user_id:
+                # Another user's token registered this session key first (a racing insert).
+                raise SessionRejected("session_user_mismatch")
             entry = self._cutoffs.get(claims.user_id, _MISSING)
             if isinstance(entry, Cutoff) and entry.refuses(key, claims.issued_at):
                 raise SessionRejected("cut_off")

@@ -44,5 +44,6 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
+    for suffix in ("", "/"):
+        app.router.add_get("/healthz" + suffix, healthz)
+        app.router.add_get("/readyz" + suffix, readyz)

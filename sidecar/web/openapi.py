@@ -424,10 +424,10 @@ def build_document() -> dict[str, Any]:
             "version": __version__,
             "summary": "The gateway check and the end-user sessions API of sidecar.",
             "description": (
-                "Every path also answers without (or with) its trailing slash, without a redirect. "
-                "A path the listener does not serve answers `components.responses.NotFound`; a "
-                "method a sessions path does not serve answers `components.responses.MethodNotAllowed`. "
-                "Timestamps are RFC 3339 UTC with `Z`."
+                "The sessions paths (and this document's) answer with and without their trailing "
+                "slash, never with a redirect. A path the listener does not serve answers "
+                "`components.responses.NotFound`; a method a sessions path does not serve answers "
+                "`components.responses.MethodNotAllowed`. Timestamps are RFC 3339 UTC with `Z`."
             ),
             "license": {"name": "MIT", "identifier": "MIT"},
         },

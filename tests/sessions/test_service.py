@@ -269,3 +269,24 @@ async def test_stale_memory_is_not_trusted(store: SlowStore) -> None:
     await store.close()
     with pytest.raises(StoreUnavailable):
         await svc.check(claims(key="sid:cached"), CLIENT)  # allowed from memory were it fresh
+
+
+async def test_cutoff_counts_in_whole_seconds(store: SlowStore) -> None:
+    """A token issued (whole-second iat) in the same second as the cut-off passes; one a second older does not."""
+    svc = service(store, ManualClock(T0 + 100.7))
+    await svc.revoke_user("alice", None)
+    assert await svc.check(claims(key="sid:new", iat=T0 + 100), CLIENT)
+    with pytest.raises(SessionRejected, match="cut_off"):
+        await svc.check(claims(key="sid:old", iat=T0 + 99), CLIENT)
+
+
+async def test_two_users_racing_for_one_sid_do_not_share_it(store: SlowStore) -> None:
+    """When two users' first tokens race to register one sid, only the first user's passes."""
+    svc = service(store, ManualClock(T0))
+    results = await asyncio.gather(
+        svc.check(claims("alice", key="sid:shared"), CLIENT),
+        svc.check(claims("mallory", key="sid:shared"), CLIENT),
+        return_exceptions=True,
+    )
+    assert sum(isinstance(r, str) for r in results) == 1
+    assert sum(isinstance(r, SessionRejected) for r in results) == 1

@@ -144,3 +144,13 @@ async def test_health_and_readiness(sidecar: Sidecar) -> None:
     async with sidecar.public.get("/readyz") as resp:
         assert resp.status == 200
         assert (await resp.json())["checks"] == {"store": "ok"}
+
+
+async def test_password_change_flow_new_token_works_at_once(sidecar: Sidecar) -> None:
+    """Revoke user, then the auth service's new token (same second) is allowed; the old one is not."""
+    old = mint("alice", now=time.time() - 5)
+    assert await sidecar.check(old) == 200
+    async with sidecar.admin.delete("/admin/v1/users/alice/sessions", headers=ADMIN) as resp:
+        assert resp.status == 204
+    assert await sidecar.check(mint("alice")) == 200
+    assert await sidecar.check(old) == 401
