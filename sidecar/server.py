@@ -130,6 +130,10 @@ def _supervise(settings: Settings, sockets: dict[str, socket.socket]) -> int:
     def on_signal(signum: int, frame: FrameType | None) -> None:
         nonlocal stopping
         stopping = True
+        # Our copies of the listening sockets would keep the kernel completing handshakes
+        # while the workers drain: close them, so new connections are refused at once.
+        for sock in sockets.values():
+            sock.close()
         for pid in list(children):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)

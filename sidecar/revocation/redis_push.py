@@ -88,6 +88,7 @@ class RedisPush:
         self._listener: asyncio.Task[None] | None = None
         self._inflight: set[asyncio.Task[None]] = set()
         self.connected = False
+        self._warned = False  # one warning per outage, not one per retry
         self.received = 0
 
     async def start(self) -> None:
@@ -139,14 +140,16 @@ class RedisPush:
                 if not self.connected:
                     log.info("redis: subscribed to %s", self.channel)
                 self.connected = True
+                self._warned = False
                 async for message in pubsub.listen():
                     if message.get("type") == "message" and isinstance(message.get("data"), bytes):
                         self._receive(message["data"])
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # connection refused, reset, store down during catch-up
-                if self.connected:
-                    log.warning("redis: lost %s (%s); catching up from the store meanwhile", self.channel, e)
+                if self.connected or not self._warned:
+                    log.warning("redis: %s unavailable (%s); catching up from the store meanwhile", self.channel, e)
+                    self._warned = True
                 self.connected = False
                 await asyncio.sleep(self._retry)
             finally:
