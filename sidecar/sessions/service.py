@@ -274,11 +274,13 @@ class SessionService:
 
     # ------------------------------------------------------------------ the check
 
-    async def check(self, claims: Claims, client: ClientInfo) -> str:
+    async def check(self, claims: Claims, client: Callable[[], ClientInfo]) -> str:
         """Return the session id when the token's session is active, else raise.
 
         Raises ``SessionRejected`` for a decided deny and ``StoreUnavailable`` when the
-        state cannot be established; callers deny on both (fail closed).
+        state cannot be established; callers deny on both (fail closed). ``client`` is
+        only called to register a new session: working out the client's address and
+        device costs more than the whole check of a known session.
         """
         key = claims.session_key
         now = self._clock.wall()
@@ -313,7 +315,7 @@ class SessionService:
         if state is None:
             if self._registration == "explicit":
                 raise SessionRejected("unknown_session")
-            session, _ = await self._register(claims, client)
+            session, _ = await self._register(claims, client())
             # The insert awaited: re-read memory, where a racing revocation or cut-off
             # would have landed.
             state = self._states.get(key)

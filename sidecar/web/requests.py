@@ -35,5 +35,5 @@ async def authenticate(request: web.Request) -> tuple[Claims, str]:
     services = request.app[SERVICES]
     token = extract_bearer(request.headers.getall("Authorization", []), services.settings.jwt.max_token_bytes)
     claims = await services.verifier.verify(token)
-    session_id = await services.sessions.check(claims, client_of(request))
+    session_id = await services.sessions.check(claims, lambda: client_of(request))
     return claims, session_id

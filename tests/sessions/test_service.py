@@ -17,7 +17,8 @@ from sidecar.sessions.sqlite import SqliteStore
 from sidecar.tokens.claims import Claims
 
 T0 = 1_700_000_000.0
-CLIENT = ClientInfo(ip=None, user_agent=None)
+def CLIENT() -> ClientInfo:
+    return ClientInfo(ip=None, user_agent=None)
 
 
 def claims(user: str = "alice", key: str = "sid:one", *, iat: float | None = T0, exp: float = T0 + 3600) -> Claims:
@@ -182,7 +183,7 @@ async def test_explicit_mode(store: SlowStore) -> None:
     svc = service(store, ManualClock(T0), registration="explicit")
     with pytest.raises(SessionRejected, match="unknown_session"):
         await svc.check(claims(), CLIENT)
-    session, created = await svc.register(claims(), CLIENT)
+    session, created = await svc.register(claims(), CLIENT())
     assert created
     assert await svc.check(claims(), CLIENT) == session.id
 
@@ -192,7 +193,7 @@ async def test_register_refuses_cut_off_tokens(store: SlowStore) -> None:
     svc = service(store, ManualClock(T0 + 10))
     await svc.revoke_user("alice", None)
     with pytest.raises(SessionRejected, match="cut_off"):
-        await svc.register(claims(iat=T0), CLIENT)
+        await svc.register(claims(iat=T0), CLIENT())
 
 
 async def test_store_down_on_miss_raises(store: SlowStore) -> None:
