@@ -729,7 +729,9 @@ async def test_burst_far_above_the_concurrency_bound_gets_clear_answers_and_boun
 # ---------------------------------------------------------------------------- D39: the wall clock jumps
 
 NOW = 1_700_000_000.0
-def CLIENT() -> ClientInfo:  # noqa: N802 (stands in for the request's client, a callable)
+
+
+def CLIENT() -> ClientInfo:  # upper case: it stands in for a constant, the request's client
     return ClientInfo(ip=None, user_agent=CHROME_WINDOWS)
 
 
