@@ -17,7 +17,9 @@ from sidecar.sessions.sqlite import SqliteStore
 from sidecar.tokens.claims import Claims
 
 T0 = 1_700_000_000.0
-def CLIENT() -> ClientInfo:
+
+
+def CLIENT() -> ClientInfo:  # upper case: it stands in for a constant, the request's client
     return ClientInfo(ip=None, user_agent=None)
 
 
