@@ -28,7 +28,7 @@ from typing import Final
 from sidecar.clock import Clock
 from sidecar.config import Registration
 from sidecar.enrich.client_ip import IPAddress
-from sidecar.errors import InvalidToken, SessionRejected, StoreUnavailable
+from sidecar.errors import SessionRejected, StoreUnavailable
 from sidecar.sessions.models import Cutoff, RevokedRef, Session, Touch
 from sidecar.sessions.store import SessionStore
 from sidecar.tokens.claims import Claims
@@ -427,5 +427,3 @@ class SessionService:
         self._revoked(rows, cutoff)
         return rows
 
-
-__all__ = ["ClientInfo", "InvalidToken", "SessionRejected", "SessionService"]
