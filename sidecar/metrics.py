@@ -10,13 +10,14 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 # The check answers in well under a millisecond from memory; registrations and store
 # reads take milliseconds.
 CHECK_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+SESSIONS_COUNT_SECONDS = 15.0
 PROPAGATION_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -119,6 +120,11 @@ class Metrics:
             "sidecar_revocations",
             "Revocations made by this process, by API and kind.",
             ["api", "kind"],
+            registry=self.registry,
+        )
+        self.sessions_active = Gauge(
+            "sidecar_sessions_active",
+            "Active (unrevoked, unexpired) sessions in the store, counted every SESSIONS_COUNT_SECONDS.",
             registry=self.registry,
         )
         self.rate_limited = Counter(

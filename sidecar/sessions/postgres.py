@@ -363,6 +363,10 @@ class PostgresStore:
         )
         return [_session(r) for r in rows]
 
+    async def count_active(self, now: float) -> int:
+        rows = await self._fetch("SELECT COUNT(*) FROM sessions WHERE revoked_at IS NULL AND expires_at > $1", now)
+        return int(rows[0][0])
+
     # Lock order, the same in every writing transaction so none waits on another in a
     # cycle: session rows (ascending id), then the revision counter, then a cut-off row.
 

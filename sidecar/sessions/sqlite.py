@@ -230,6 +230,10 @@ class SqliteStore:
             raise StoreUnavailable("revision counter missing")
         return int(row[0])
 
+    async def count_active(self, now: float) -> int:
+        rows = await self._fetch("SELECT COUNT(*) FROM sessions WHERE revoked_at IS NULL AND expires_at > ?", (now,))
+        return int(rows[0][0])
+
     async def revoke(self, session_id: str, now: float) -> Session | None:
         async with self._transaction() as db:
             async with db.execute("SELECT 1 FROM sessions WHERE id = ? AND revoked_at IS NULL", (session_id,)) as cur:

@@ -38,6 +38,10 @@ class SessionStore(Protocol):
         """The user's sessions that are neither revoked nor expired, newest login first."""
         ...
 
+    async def count_active(self, now: float) -> int:
+        """How many sessions are neither revoked nor expired (for the metrics gauge)."""
+        ...
+
     async def revoke(self, session_id: str, now: float) -> Session | None:
         """Mark one session revoked (idempotent: an earlier revocation time is kept).
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -13,8 +15,8 @@ from sidecar.clock import Clock, SystemClock
 from sidecar.config import Settings
 from sidecar.enrich.device import DeviceParser
 from sidecar.enrich.geo import GeoLocator
-from sidecar.errors import KeysUnavailable
-from sidecar.metrics import Metrics
+from sidecar.errors import KeysUnavailable, StoreUnavailable
+from sidecar.metrics import SESSIONS_COUNT_SECONDS, Metrics
 from sidecar.revocation import RedisPush
 from sidecar.sessions import SessionStore, store_from_settings
 from sidecar.sessions.service import SessionService
@@ -46,6 +48,26 @@ class Services:
             "revocations_fresh": float(self.sessions.fresh),
             "redis_connected": float(self.push is not None and self.push.connected),
         }
+
+
+async def count_sessions(services: Services) -> None:
+    """Set the sessions_active gauge; a store that cannot answer leaves it as it was."""
+    try:
+        services.metrics.sessions_active.set(await services.store.count_active(services.clock.wall()))
+    except StoreUnavailable as e:
+        log.warning("metrics: could not count active sessions: %s", e)
+
+
+async def _count_sessions(services: Services) -> None:
+    while True:
+        await count_sessions(services)
+        await asyncio.sleep(SESSIONS_COUNT_SECONDS)
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 @asynccontextmanager
@@ -100,6 +122,8 @@ async def open_services(settings: Settings, clock: Clock | None = None) -> Async
             stack.push_async_callback(push.close)
         services = Services(settings, clock, store, verifier, sessions, jwks, push)
         services.metrics.watch(services.live_values)
+        counter = asyncio.get_running_loop().create_task(_count_sessions(services))
+        stack.push_async_callback(_cancel, counter)
         propagation = services.metrics.propagation_seconds
         sessions.on_propagated = lambda via, seconds: propagation.labels(via).observe(seconds)
         yield services

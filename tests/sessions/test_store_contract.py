@@ -134,6 +134,15 @@ async def test_list_active_is_newest_first_and_filters(store: SessionStore) -> N
     assert [s.id for s in await store.list_active("alice", NOW)] == [new.id, old.id]
 
 
+async def test_count_active(store: SessionStore) -> None:
+    """count_active counts the sessions that are neither revoked nor expired."""
+    live, expired, revoked = session(), session(expires=NOW - 1), session()
+    for s in (live, expired, revoked):
+        await store.insert(s)
+    await store.revoke(revoked.id, NOW)
+    assert await store.count_active(NOW) == 1
+
+
 async def test_revoke_is_idempotent_and_keeps_first_time(store: SessionStore) -> None:
     """Revoking twice keeps the first revocation time; unknown ids give None."""
     s = session()

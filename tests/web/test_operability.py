@@ -12,6 +12,7 @@ import pytest
 
 from sidecar.clock import ManualClock
 from sidecar.web.limits import RateLimiter
+from sidecar.web.services import count_sessions
 from tests.conftest import ADMIN, ADMIN_KEY, Sidecar, bearer, mint, settings_for
 
 
@@ -56,6 +57,8 @@ async def test_metrics_count_decisions_latency_and_cache(sidecar: Sidecar) -> No
     assert sample(text, "sidecar_verified_cache_lookups_total", outcome="miss") == 2  # the token, the junk
     assert sample(text, "sidecar_session_states_in_memory") == 1
     assert sample(text, "sidecar_revocations_fresh") == 1
+    await count_sessions(sidecar.services)  # what the background loop runs every 15 s
+    assert sample(await metrics_text(sidecar), "sidecar_sessions_active") == 1
 
 
 async def test_revocations_are_counted_and_audited(sidecar: Sidecar, caplog: pytest.LogCaptureFixture) -> None:
