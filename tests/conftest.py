@@ -6,6 +6,7 @@ in a temporary folder and the real MaxMind test databases in ``../shared/testdat
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -57,6 +58,29 @@ def settings_for(tmp_path: Path, **sections: Mapping[str, Any]) -> Settings:
     for name, values in sections.items():
         raw.setdefault(name, {}).update(values)
     return from_mapping(raw, environ={}, base_dir=tmp_path)
+
+
+def toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)  # a JSON string is a valid TOML basic string
+    if isinstance(v, list):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    raise TypeError(f"no TOML for {v!r}")
+
+
+def write_toml(path: Path, sections: Mapping[str, Mapping[str, Any]]) -> Path:
+    """Write ``sections`` as a TOML config file (what a real process is started with)."""
+    lines: list[str] = []
+    for name, values in sections.items():
+        lines.append(f"[{name}]")
+        lines.extend(f"{k} = {toml_value(v)}" for k, v in values.items())
+        lines.append("")
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
 
 
 def mint(

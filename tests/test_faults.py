@@ -37,7 +37,7 @@ from sidecar.sessions.sqlite import SqliteStore
 from sidecar.tokens import JwksKeys, TokenVerifier
 from sidecar.tokens.claims import Claims
 from sidecar.web.limits import RateLimiter
-from tests.conftest import ADMIN, ADMIN_KEY, CHROME_WINDOWS, SECRET, Sidecar, bearer, mint, settings_for
+from tests.conftest import ADMIN, ADMIN_KEY, CHROME_WINDOWS, SECRET, Sidecar, bearer, mint, settings_for, write_toml
 from tests.gateways.support import Service, free_ports, log_says, port_open, running
 from tests.sessions import pg
 from tests.tokens.keys import pair
@@ -56,18 +56,6 @@ STORE_UNAVAILABLE = {"status": "error", "status_code": 503, "message": "Session 
 
 
 # ---------------------------------------------------------------------------- processes
-
-
-def toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int | float):
-        return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v)  # a JSON string is a valid TOML basic string
-    if isinstance(v, list):
-        return "[" + ", ".join(toml_value(x) for x in v) + "]"
-    raise TypeError(f"no TOML for {v!r}")
 
 
 @dataclass
@@ -111,14 +99,7 @@ def write_config(
     }
     for section, values in sections.items():
         raw.setdefault(section, {}).update(values)
-    lines: list[str] = []
-    for section, values in raw.items():
-        lines.append(f"[{section}]")
-        lines.extend(f"{k} = {toml_value(v)}" for k, v in values.items())
-        lines.append("")
-    path = workdir / f"{name}.toml"
-    path.write_text("\n".join(lines), encoding="utf-8")
-    return path
+    return write_toml(workdir / f"{name}.toml", raw)
 
 
 @contextmanager

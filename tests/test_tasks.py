@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import re
 import shutil
@@ -32,7 +31,7 @@ import redis
 from sidecar.config import load
 from sidecar.errors import ConfigError
 from sidecar.tasks import CLEANUP_TASK, celery_config, settings_from_env
-from tests.conftest import SECRET, Sidecar, bearer, mint, settings_for
+from tests.conftest import SECRET, Sidecar, bearer, mint, settings_for, write_toml
 
 REDIS_DB = 13
 CELERY = Path(sys.executable).with_name("celery")
@@ -95,31 +94,9 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             proc.wait(timeout=10)
 
 
-def toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int | float):
-        return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v)  # a JSON string is a valid TOML basic string
-    if isinstance(v, list):
-        return "[" + ", ".join(toml_value(x) for x in v) + "]"
-    raise TypeError(f"no TOML for {v!r}")
-
-
-def write_config(path: Path, sections: Mapping[str, Mapping[str, Any]]) -> Path:
-    lines: list[str] = []
-    for name, values in sections.items():
-        lines.append(f"[{name}]")
-        lines.extend(f"{k} = {toml_value(v)}" for k, v in values.items())
-        lines.append("")
-    path.write_text("\n".join(lines), encoding="utf-8")
-    return path
-
-
 def worker_config(tmp_path: Path, celery: Mapping[str, Any]) -> Path:
     """The TOML the worker reads: the same database and JWT settings as ``settings_for``."""
-    path = write_config(tmp_path / "sidecar.toml", {
+    path = write_toml(tmp_path / "sidecar.toml", {
         "jwt": {"algorithms": ["HS256"], "secret": SECRET, "leeway_seconds": 0},
         "storage": {"url": f"sqlite:///{tmp_path / 'sidecar.db'}"},
         "celery": dict(celery),
@@ -246,7 +223,7 @@ def test_worker_config_needs_sidecar_config_env() -> None:
 
 def test_worker_config_needs_a_broker(tmp_path: Path) -> None:
     """A config without celery.broker_url is refused for the worker with one line naming the key."""
-    path = write_config(tmp_path / "c.toml", {"jwt": {"algorithms": ["HS256"], "secret": SECRET}})
+    path = write_toml(tmp_path / "c.toml", {"jwt": {"algorithms": ["HS256"], "secret": SECRET}})
     with pytest.raises(ConfigError, match=r"^celery\.broker_url: not set"):
         settings_from_env({"SIDECAR_CONFIG": str(path)})
 
@@ -262,7 +239,7 @@ def test_worker_config_needs_a_broker(tmp_path: Path) -> None:
 )
 def test_bad_celery_keys_are_one_line_naming_the_key(tmp_path: Path, celery: dict[str, Any], message: str) -> None:
     """Wrong broker URLs and queue names stop loading with one line that names the key."""
-    path = write_config(tmp_path / "c.toml", {
+    path = write_toml(tmp_path / "c.toml", {
         "jwt": {"algorithms": ["HS256"], "secret": SECRET}, "celery": celery,
     })
     with pytest.raises(ConfigError) as info:
