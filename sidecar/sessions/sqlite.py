@@ -72,6 +72,10 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
+# aiosqlite raises ValueError("Connection closed") for a call on a closed connection (a
+# store closed while a read or write was on its way); for callers that is the store gone.
+_DRIVER_ERRORS = (sqlite3.Error, ValueError)
+
 _COLUMNS = "id, session_key, user_id, created_at, last_seen, expires_at, revoked_at, ip_address, device, location"
 
 
@@ -158,7 +162,7 @@ class SqliteStore:
                 # IMMEDIATE takes the write lock up front, so a busy database fails here,
                 # after busy_timeout, rather than half-way through.
                 await db.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error as e:
+            except _DRIVER_ERRORS as e:
                 raise StoreUnavailable(f"SQLite busy or failing: {e}") from e
             try:
                 yield db
@@ -166,9 +170,9 @@ class SqliteStore:
             except BaseException as e:
                 try:
                     await db.execute("ROLLBACK")
-                except sqlite3.Error as rollback_error:
+                except _DRIVER_ERRORS as rollback_error:
                     log.error("sqlite: rollback failed: %s", rollback_error)
-                if isinstance(e, sqlite3.Error):
+                if isinstance(e, _DRIVER_ERRORS):
                     raise StoreUnavailable(f"SQLite write failed: {e}") from e
                 raise
 
@@ -177,7 +181,7 @@ class SqliteStore:
         try:
             async with db.execute(sql, params) as cur:
                 return list(await cur.fetchall())
-        except sqlite3.Error as e:
+        except _DRIVER_ERRORS as e:
             raise StoreUnavailable(f"SQLite read failed: {e}") from e
 
     # ------------------------------------------------------------------ protocol
@@ -304,7 +308,7 @@ class SqliteStore:
                         cutoffs = list(await cur.fetchall())
                 finally:
                     await db.execute("COMMIT")
-            except sqlite3.Error as e:
+            except _DRIVER_ERRORS as e:
                 raise StoreUnavailable(f"SQLite read failed: {e}") from e
         return Changes.collect(
             revision,

@@ -382,6 +382,25 @@ async def test_sqlite_locked_by_another_writer_fails_revoke_cleanly(tmp_path: Pa
         await store.close()
 
 
+async def test_sqlite_closed_under_a_read_in_flight(tmp_path: Path) -> None:
+    """Reads and writes on a store closed while they were on their way raise StoreUnavailable, nothing else."""
+    store = SqliteStore(tmp_path / "x.db")
+    await store.open()
+    reader, writer = store._reader, store._writer
+    pending = [asyncio.create_task(store.count_active(NOW)) for _ in range(20)]
+    await store.close()
+    for task in pending:
+        try:
+            await task
+        except StoreUnavailable:
+            pass
+    store._reader, store._writer = reader, writer  # closed connections, as a racing caller sees them
+    with pytest.raises(StoreUnavailable):
+        await store.count_active(NOW)
+    with pytest.raises(StoreUnavailable):
+        await store.insert(session())
+
+
 async def test_sqlite_unwritable_location_is_a_clear_error(tmp_path: Path) -> None:
     """A database path that cannot be created fails open() with StoreUnavailable."""
     (tmp_path / "file").write_text("x")
