@@ -18,6 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 _TICK = os.sysconf("SC_CLK_TCK")
+# A run during which other processes used more than this (% of one core) is "disturbed":
+# run again, and left out of medians when an undisturbed run exists.
+FOREIGN_LIMIT = 10.0
 # /proc/stat per-CPU fields: user nice system idle iowait irq softirq steal
 _IDLE, _IOWAIT, _IRQ, _SOFTIRQ, _STEAL = 3, 4, 5, 6, 7
 

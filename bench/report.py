@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.cpu import FOREIGN_LIMIT
 from bench.load import wrk_version
 from bench.procs import REPO, BenchError, Cpus, find_binary
 from bench.profile import Profile
@@ -177,8 +178,10 @@ def render(results: dict[str, Any], meta: dict[str, Any], profiles: Sequence[Pro
 
     def row(n: str, what: str, r: dict[str, Any], ratio: str = "") -> None:
         runs = r.get("runs") or [r]
+        if r.get("disturbed_runs_left_out"):
+            runs = [x for x in runs if x["foreign_cpu"] <= FOREIGN_LIMIT]  # what the median used
         cpu = f"{max(x['server_cpu_busy'] or 0 for x in runs):.0f} / {max(x['load_cpu_busy'] or 0 for x in runs):.0f}"
-        others = f"{max(x['foreign_cpu'] for x in runs):.0f}"
+        others = f"{max(x['foreign_cpu'] for x in runs):.0f}" + (" (!)" if r.get("disturbed") else "")
         rows.append([n, what, _n(r["rps"]), _ms(r["p50_ms"]), _ms(r["p99_ms"]), ratio, cpu, others])
 
     if "cached" in results:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import profile as py_spy
-from bench.cpu import Snapshot, Usage, wait_quiet
+from bench.cpu import FOREIGN_LIMIT, Snapshot, Usage, wait_quiet
 from bench.load import Load, LoadResult, Mode
 from bench.procs import BenchError, Cpus, Processes, rss_kib
 from bench.servers import (
@@ -55,8 +55,6 @@ from bench.tokens import (
 )
 
 POOL = 1_000  # cached tokens, one per session
-# A run during which other processes used more than this (% of one core) is run again.
-FOREIGN_LIMIT = 10.0
 SAMPLE = 2_000  # tokens for the in-process timings
 # sidecar's default: last_seen updates are batched and written this often.
 FLUSH_SECONDS = 5.0
@@ -193,14 +191,20 @@ def _line(r: LoadResult) -> str:
 
 def _median(results: Sequence[LoadResult]) -> dict[str, Any]:
     """One run's figures, or with --repeat the median of each figure over the runs (a
-    VM's occasional stall shows in one run's p99, not in the median)."""
+    VM's occasional stall shows in one run's p99, not in the median). Runs that other
+    processes disturbed are left out of the median when at least one run was not."""
     if len(results) == 1:
         return results[0].to_json()
-    out = {
-        key: statistics.median(getattr(r, key) for r in results)
+    undisturbed = [r for r in results if r.foreign_cpu <= FOREIGN_LIMIT]
+    kept = undisturbed or list(results)
+    out: dict[str, Any] = {
+        key: statistics.median(getattr(r, key) for r in kept)
         for key in ("rps", "p50_ms", "p90_ms", "p99_ms", "p999_ms", "mean_ms")
     }
-    return {**out, "max_ms": max(r.max_ms for r in results), "runs": [r.to_json() for r in results]}
+    out["max_ms"] = max(r.max_ms for r in kept)
+    out["disturbed_runs_left_out"] = len(results) - len(kept)
+    out["disturbed"] = not undisturbed  # every run was disturbed: treat the figure with care
+    return {**out, "runs": [r.to_json() for r in results]}
 
 
 def _ratio(a: float, b: float) -> float:
