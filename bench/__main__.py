@@ -23,8 +23,9 @@ from types import FrameType
 from typing import Any
 
 from bench.procs import REPO, BenchError, Cpus, Processes
+from bench.profile import Profile
 from bench.report import code_fingerprint, machine, render, targets
-from bench.scenarios import SCENARIOS, Options, Run
+from bench.scenarios import SCENARIOS, Options, Run, rederive
 from bench.tokens import ALGORITHMS
 
 RESULTS = REPO / "bench" / "results"
@@ -76,6 +77,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--profile-seconds", type=float, default=8.0)
     p.add_argument("--results", type=Path, default=RESULTS, help="where the JSON goes (default bench/results)")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs, configs, databases)")
+    p.add_argument("--render", type=Path, metavar="JSON",
+                   help="measure nothing: print the tables of a results file (ratios recomputed from its runs)")
     return p.parse_args(argv)
 
 
@@ -86,8 +89,18 @@ def _stop_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
+def render_file(path: Path) -> int:
+    document = json.loads(path.read_text())
+    rederive(document["results"])
+    profiles = [Profile.from_json(p) for p in document.get("profiles", [])]
+    print(render(document["results"], document, profiles))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.render is not None:
+        return render_file(args.render)
     _stop_on_sigterm()
     options = Options(
         duration=args.duration, warmup=args.warmup, connections=args.connections, threads=args.threads,

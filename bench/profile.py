@@ -46,6 +46,11 @@ class Profile:
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Profile:
+        lists = {k: [Hotspot(**h) for h in data[k]] for k in ("self_lines", "inclusive_functions", "sidecar_lines")}
+        return cls(name=data["name"], raw=data["raw"], samples=data["samples"], **lists)
+
 
 def _shorten(path: str) -> str:
     for marker in ("site-packages/", "/lib/python3", "/work/main/"):

@@ -211,6 +211,34 @@ def _ratio(a: float, b: float) -> float:
     return round(a / b, 3) if b else math.nan
 
 
+def _pairs(a: dict[str, Any], b: dict[str, Any]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """The runs of ``a`` and ``b`` made side by side (run i of each, one after the other),
+    leaving out pairs that other processes disturbed when an undisturbed pair exists."""
+    ra, rb = a.get("runs"), b.get("runs")
+    if not ra or not rb or len(ra) != len(rb):
+        return []
+    pairs = list(zip(ra, rb, strict=True))
+    quiet = [(x, y) for x, y in pairs if max(x["foreign_cpu"], y["foreign_cpu"]) <= FOREIGN_LIMIT]
+    return quiet or pairs
+
+
+def paired_ratio(a: dict[str, Any], b: dict[str, Any], key: str) -> float:
+    """``b[key] / a[key]``. With --repeat, the median of the ratios of runs made side by
+    side, so that a machine drifting over the runs (it happens on shared VMs) cancels
+    out; else the ratio of the two figures."""
+    pairs = _pairs(a, b)
+    if not pairs:
+        return _ratio(b[key], a[key])
+    return round(float(statistics.median(y[key] / x[key] for x, y in pairs)), 3)
+
+
+def cold_cost_us(cached: dict[str, Any], cold: dict[str, Any]) -> float:
+    """What a new token adds to a request: 1/cold_rps - 1/cached_rps, per pair of runs
+    made side by side (median) when there are several."""
+    pairs = _pairs(cached, cold) or [(cached, cold)]
+    return float(statistics.median((1 / y["rps"] - 1 / x["rps"]) * 1e6 for x, y in pairs))
+
+
 def _registered_pool(run: Run, server: Server, key: SigningKey, name: str) -> tuple[list[str], Path]:
     """1,000 tokens over 1,000 new sessions, each registered through the check."""
     tokens = mint(key, identities(POOL))
@@ -239,8 +267,8 @@ def cached(run: Run) -> dict[str, Any]:
         "bare": bare_result,
         "bare_identity_headers": headers_result,
         "sidecar": sidecar_result,
-        "rps_ratio": _ratio(sidecar_result["rps"], bare_result["rps"]),
-        "p99_ratio": _ratio(sidecar_result["p99_ms"], bare_result["p99_ms"]),
+        "rps_ratio": paired_ratio(bare_result, sidecar_result, "rps"),
+        "p99_ratio": paired_ratio(bare_result, sidecar_result, "p99_ms"),
     }
 
 
@@ -303,7 +331,7 @@ def _cold_one(run: Run, algorithm: str) -> dict[str, Any]:
 
         cold_runs.append(run.clean(f"{sidecar.name} cold", attempt))
     cached_result, cold_result = _median(cached_runs), _median(cold_runs)
-    cost_us = (1 / cold_result["rps"] - 1 / cached_result["rps"]) * 1e6
+    cost_us = cold_cost_us(cached_result, cold_result)
     entry: dict[str, Any] = {
         "pyjwt_decode_us": pyjwt_us,
         "signature_only_us": floor_us,
@@ -358,8 +386,8 @@ def gateway(run: Run, kind: str) -> dict[str, Any]:
         "app": "nginx return 200",
         "bare": bare_result,
         "sidecar": sidecar_result,
-        "rps_ratio": _ratio(sidecar_result["rps"], bare_result["rps"]),
-        "p99_ratio": _ratio(sidecar_result["p99_ms"], bare_result["p99_ms"]),
+        "rps_ratio": paired_ratio(bare_result, sidecar_result, "rps"),
+        "p99_ratio": paired_ratio(bare_result, sidecar_result, "p99_ms"),
     }
 
 
@@ -444,6 +472,19 @@ def memory(run: Run) -> dict[str, Any]:
         "drive_rps": round(statistics.mean(rates), 1),
         "note": "state read from SQLite on first sight; includes the verified-token cache entries",
     }
+
+
+def rederive(results: dict[str, Any]) -> None:
+    """Recompute every ratio of stored ``results`` from their figures and runs with the
+    estimators above (for ``python -m bench --render`` of an older file)."""
+    for name in ("cached", "nginx", "envoy"):
+        if name in results:
+            r = results[name]
+            r["rps_ratio"] = paired_ratio(r["bare"], r["sidecar"], "rps")
+            r["p99_ratio"] = paired_ratio(r["bare"], r["sidecar"], "p99_ms")
+    for a in results.get("cold", {}).get("algorithms", {}).values():
+        a["cold_cost_us"] = round(cold_cost_us(a["cached"], a["cold"]), 1)
+        a["cold_cost_vs_pyjwt"] = _ratio(a["cold_cost_us"], a["pyjwt_decode_us"])
 
 
 SCENARIOS: dict[str, Callable[[Run], dict[str, Any]]] = {
