@@ -49,7 +49,7 @@ async def _serve(settings: Settings, sockets: dict[str, socket.socket], label: s
     from aiohttp import web
 
     from sidecar.web import create_admin_app, create_app, open_services
-    from sidecar.web.app import runner_kwargs
+    from sidecar.web.app import checks_first, runner_kwargs
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -66,6 +66,8 @@ async def _serve(settings: Settings, sockets: dict[str, socket.socket], label: s
                 runner = web.AppRunner(app, **runner_kwargs(settings))
                 await runner.setup()
                 runners.append(runner)
+                if name == "public":
+                    checks_first(runner)
                 await web.SockSite(runner, sockets[name]).start()
                 host, port = sockets[name].getsockname()[:2]
                 log.info("%s listener on http://%s:%d%s", name, host, port, label)

@@ -21,7 +21,7 @@ from aiohttp.test_utils import TestClient
 from sidecar.clock import Clock, SystemClock
 from sidecar.config import Settings, from_mapping
 from sidecar.web import Services, create_admin_app, create_app, open_services
-from sidecar.web.app import runner_kwargs
+from sidecar.web.app import checks_first, runner_kwargs
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -161,7 +161,10 @@ async def start_sidecar(
             s = settings or settings_for(tmp_path)
             services = await stack.enter_async_context(open_services(s, clock or SystemClock()))
             kwargs = runner_kwargs(s)
-            public = await aiohttp_client(await aiohttp_server(create_app(s, services), **kwargs))
+            app = create_app(s, services)
+            server = await aiohttp_server(app, **kwargs)
+            checks_first(server.runner)  # as `sidecar serve` does, before any connection
+            public = await aiohttp_client(server)
             admin = await aiohttp_client(await aiohttp_server(create_admin_app(s, services), **kwargs))
             return Sidecar(public, admin, services)
 

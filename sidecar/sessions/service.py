@@ -57,6 +57,15 @@ class _State:
     expires_at: float
 
 
+@dataclass(slots=True)
+class _Activity:
+    """A session's ``last_seen`` and latest expiry since the last flush (updated in place:
+    the check of a known session allocates nothing)."""
+
+    last_seen: float
+    expires_at: float
+
+
 class _Missing:
     pass
 
@@ -90,7 +99,7 @@ class SessionService:
         self._states: OrderedDict[str, _State] = OrderedDict()
         self._cutoffs: OrderedDict[str, Cutoff | None] = OrderedDict()
         self._generation = 0
-        self._pending: dict[str, Touch] = {}
+        self._pending: dict[str, _Activity] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._catchup_interval = catchup_interval
         self._max_staleness = max_staleness
@@ -205,18 +214,19 @@ class SessionService:
             return
         batch, self._pending = self._pending, {}
         try:
-            await self.store.touch(list(batch.values()))
+            await self.store.touch([Touch(sid, a.last_seen, a.expires_at) for sid, a in batch.items()])
         except StoreUnavailable as e:
             log.warning("sessions: could not write %d activity updates: %s", len(batch), e)
-            for t in batch.values():
-                self._note(t.session_id, t.last_seen, t.expires_at)
+            for sid, a in batch.items():
+                self._note(sid, a.last_seen, a.expires_at)
 
     def _note(self, session_id: str, last_seen: float, expires_at: float) -> None:
-        prev = self._pending.get(session_id)
-        if prev is not None:
-            last_seen = max(last_seen, prev.last_seen)
-            expires_at = max(expires_at, prev.expires_at)
-        self._pending[session_id] = Touch(session_id, last_seen, expires_at)
+        activity = self._pending.get(session_id)
+        if activity is None:
+            self._pending[session_id] = _Activity(last_seen, expires_at)
+            return
+        activity.last_seen = max(activity.last_seen, last_seen)
+        activity.expires_at = max(activity.expires_at, expires_at)
 
     # ------------------------------------------------------------------ memory
 
@@ -378,10 +388,10 @@ class SessionService:
     # ------------------------------------------------------------------ reading
 
     def _with_pending(self, s: Session) -> Session:
-        t = self._pending.get(s.id)
-        if t is None:
+        a = self._pending.get(s.id)
+        if a is None:
             return s
-        return replace(s, last_seen=max(s.last_seen, t.last_seen), expires_at=max(s.expires_at, t.expires_at))
+        return replace(s, last_seen=max(s.last_seen, a.last_seen), expires_at=max(s.expires_at, a.expires_at))
 
     async def list_active(self, user_id: str) -> list[Session]:
         now = self._clock.wall()

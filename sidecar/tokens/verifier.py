@@ -51,14 +51,7 @@ class TokenVerifier:
             raise InvalidToken(reason)
         return claims
 
-    async def verify(self, token: str) -> Claims:
-        """Return the claims of a valid token or raise ``InvalidToken`` (never anything else)."""
-        if len(token) > self.settings.max_token_bytes:
-            raise InvalidToken("oversized_token", f"{len(token)} bytes")
-        try:
-            raw = token.encode("ascii")
-        except UnicodeEncodeError as e:
-            raise InvalidToken("malformed", "token is not ASCII") from e
+    def _hit(self, digest: bytes) -> Claims | None:
         if self._jwks is not None:
             # Cache hits must not keep a stale JWKS (and a withdrawn key) alive forever.
             self._jwks.refresh_if_stale()
@@ -66,12 +59,34 @@ class TokenVerifier:
                 # A key was withdrawn from the JWKS: what it verified must be verified again.
                 self._cache.clear()
                 self._jwks_generation = self._jwks.generation
-        digest = hashlib.sha256(raw).digest()
-        cached = self._cache.get(digest)
-        if cached is not None:
-            self.cache_hits += 1
-            self._cache.move_to_end(digest)
-            return self._check_time(cached)
+        claims = self._cache.get(digest)
+        if claims is None:
+            return None
+        self.cache_hits += 1
+        self._cache.move_to_end(digest)
+        return self._check_time(claims)
+
+    def cached(self, token: str) -> Claims | None:
+        """The claims of ``token`` when it was verified before (the time rules checked
+        again: raises ``InvalidToken`` once it has expired), else None: call ``verify``.
+
+        The check calls this first with the text after ``Bearer `` so that a known token
+        costs one hash and one dict lookup; whatever it does not know goes the full way.
+        """
+        if not token.isascii():
+            return None
+        return self._hit(hashlib.sha256(token.encode("ascii")).digest())
+
+    async def verify(self, token: str) -> Claims:
+        """Return the claims of a valid token or raise ``InvalidToken`` (never anything else)."""
+        if len(token) > self.settings.max_token_bytes:
+            raise InvalidToken("oversized_token", f"{len(token)} bytes")
+        if not token.isascii():
+            raise InvalidToken("malformed", "token is not ASCII")
+        digest = hashlib.sha256(token.encode("ascii")).digest()
+        claims = self._hit(digest)
+        if claims is not None:
+            return claims
         self.cache_misses += 1
 
         parsed = parse_compact(token)

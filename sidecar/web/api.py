@@ -29,7 +29,7 @@ def session_id_from(raw: str) -> str:
 
 def _rate_limit(request: web.Request) -> None:
     """429 past the per-client budget (SECURITY: a stolen token cannot hammer the API)."""
-    client = client_of(request)
+    client = client_of(request, request.app[SERVICES].settings)
     allowed, wait = request.app[API_RATE].allow(str(client.ip))
     if not allowed:
         request.app[SERVICES].metrics.rate_limited.inc()

@@ -12,8 +12,8 @@ from sidecar.clock import SystemClock
 from sidecar.config import Settings
 from sidecar.web import admin, api, health
 from sidecar.web.envelope import error_middleware
-from sidecar.web.introspect import introspect
-from sidecar.web.keys import API_RATE, CHECKS_IN_FLIGHT, SERVICES
+from sidecar.web.introspect import CHECK, Check
+from sidecar.web.keys import API_RATE, SERVICES
 from sidecar.web.limits import InFlight, RateLimiter
 from sidecar.web.openapi import add_openapi_routes
 from sidecar.web.services import Services, open_services
@@ -37,7 +37,7 @@ def runner_kwargs(settings: Settings) -> dict[str, Any]:
 def create_app(settings: Settings, services: Services | None = None) -> web.Application:
     """The public listener. Without ``services`` the app opens (and closes) its own."""
     app = web.Application(middlewares=[error_middleware], client_max_size=64 * 1024)
-    app[CHECKS_IN_FLIGHT] = InFlight(settings.server.max_concurrent_checks)
+    check = app[CHECK] = Check(InFlight(settings.server.max_concurrent_checks), services)
     app[API_RATE] = RateLimiter(settings.server.api_rate_limit_per_minute, SystemClock())
     if services is not None:
         app[SERVICES] = services
@@ -45,18 +45,46 @@ def create_app(settings: Settings, services: Services | None = None) -> web.Appl
 
         async def lifecycle(app: web.Application) -> AsyncIterator[None]:
             async with open_services(settings) as opened:
-                app[SERVICES] = opened
-                yield
+                app[SERVICES] = check.services = opened
+                try:
+                    yield
+                finally:
+                    check.services = None
 
         app.cleanup_ctx.append(lifecycle)
     # The check answers every method on every sub-path: Envoy forwards the client's method
     # and prepends its path_prefix (SECURITY_CASES B19).
-    app.router.add_route("*", "/introspect", introspect)
-    app.router.add_route("*", r"/introspect/{tail:[\s\S]*}", introspect)
+    app.router.add_route("*", "/introspect", check.handle)
+    app.router.add_route("*", r"/introspect/{tail:[\s\S]*}", check.handle)
     api.add_routes(app)
     health.add_routes(app)
     add_openapi_routes(app)
     return app
+
+
+def checks_first(runner: web.AppRunner) -> None:
+    """Let the server of ``runner`` (an AppRunner of ``create_app``'s app, set up and not
+    yet listening) hand ``/introspect`` requests straight to the check.
+
+    Every path the router would give the check still reaches it through the app; this
+    only skips the router and the middleware chain (the JSON envelope, which the check's
+    answers never use) for the one route on the path of every upstream request. The
+    dispatch matches the path the router matches (``path_safe``), so each request goes to
+    the same handler either way; all other requests go to the app unchanged.
+    """
+    server = runner.server
+    if server is None:
+        raise RuntimeError("checks_first: the runner is not set up")
+    check = runner.app[CHECK].handle
+    to_app = server.request_handler
+
+    async def dispatch(request: web.BaseRequest) -> web.StreamResponse:
+        path = request.rel_url.path_safe
+        if path.startswith("/introspect") and (len(path) == 11 or path[11] == "/"):
+            return await check(request)
+        return await to_app(request)
+
+    server.request_handler = dispatch
 
 
 def create_admin_app(settings: Settings, services: Services) -> web.Application:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from sidecar.config import Settings
 from sidecar.enrich.client_ip import client_ip
 from sidecar.sessions.service import ClientInfo
 from sidecar.tokens.bearer import extract_bearer
@@ -11,8 +12,7 @@ from sidecar.tokens.claims import Claims
 from sidecar.web.keys import SERVICES
 
 
-def client_of(request: web.Request) -> ClientInfo:
-    services = request.app[SERVICES]
+def client_of(request: web.BaseRequest, settings: Settings) -> ClientInfo:
     peer = None
     if request.transport is not None:
         peername = request.transport.get_extra_info("peername")
@@ -22,7 +22,7 @@ def client_of(request: web.Request) -> ClientInfo:
         peer,
         request.headers.getall("X-Forwarded-For", []),
         request.headers.get("X-Real-IP"),
-        services.settings.server.trusted_proxies,
+        settings.server.trusted_proxies,
     )
     return ClientInfo(ip=ip, user_agent=request.headers.get("User-Agent"))
 
@@ -35,5 +35,5 @@ async def authenticate(request: web.Request) -> tuple[Claims, str]:
     services = request.app[SERVICES]
     token = extract_bearer(request.headers.getall("Authorization", []), services.settings.jwt.max_token_bytes)
     claims = await services.verifier.verify(token)
-    session_id = await services.sessions.check(claims, lambda: client_of(request))
+    session_id = await services.sessions.check(claims, lambda: client_of(request, services.settings))
     return claims, session_id
