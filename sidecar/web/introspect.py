@@ -77,7 +77,9 @@ class Check:
         if services is None:  # only between the app's cleanup and the listener closing
             return deny()
         headers = request.headers
-        REQUEST_ID.set(headers.get("X-Request-Id"))
+        request_id = headers.get("X-Request-Id")
+        if request_id is not None:  # each request runs in a task of its own: the default is None
+            REQUEST_ID.set(request_id)
         stats = services.metrics.check
         in_flight = self.in_flight
         if not in_flight.try_enter():
