@@ -7,7 +7,6 @@ the signature check to PyJWT's algorithm objects.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import json
 import math
@@ -18,6 +17,7 @@ from typing import Any
 from sidecar.errors import InvalidToken
 
 _SEGMENT = re.compile(rb"[A-Za-z0-9_-]*={0,2}")
+_FROM_URLSAFE = bytes.maketrans(b"-_", b"+/")
 # Real claim sets nest a few levels (resource_access.client.roles). A fixed bound makes
 # the verdict independent of the interpreter's stack depth (SECURITY_CASES A11).
 MAX_JSON_DEPTH = 32
@@ -25,18 +25,20 @@ MAX_JSON_DEPTH = 32
 
 @dataclass(frozen=True, slots=True)
 class ParsedToken:
-    header: dict[str, Any]
+    header: dict[str, Any]  # shared between tokens with the same header: read, never change
     payload: dict[str, Any]
     signing_input: bytes
     signature: bytes
 
 
 def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise InvalidToken("duplicate_json_key", k[:40])
-        out[k] = v
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        for k, _ in pairs:
+            if k in seen:
+                raise InvalidToken("duplicate_json_key", k[:40])
+            seen.add(k)
     return out
 
 
@@ -72,35 +74,57 @@ def _b64decode(segment: bytes, what: str) -> bytes:
     stripped = segment.rstrip(b"=")
     if len(stripped) % 4 == 1:
         raise InvalidToken("malformed", f"{what} has an impossible length")
+    # The alphabet was checked above, so binascii sees standard base64 and nothing else.
+    standard = stripped.translate(_FROM_URLSAFE)
     try:
-        data = base64.urlsafe_b64decode(stripped + b"=" * (-len(stripped) % 4))
+        data = binascii.a2b_base64(standard + b"=" * (-len(stripped) % 4))
     except (binascii.Error, ValueError) as e:
         raise InvalidToken("malformed", f"{what} is not base64url") from e
     # Canonical encoding only: trailing bits must be zero (no two spellings of one value
     # beyond the optional padding).
-    if base64.urlsafe_b64encode(data).rstrip(b"=") != stripped:
+    if binascii.b2a_base64(data, newline=False).rstrip(b"=") != standard:
         raise InvalidToken("malformed", f"{what} is not canonical base64url")
     return data
+
+
+# One decoder for every token (json.loads with hooks builds a new one per call).
+_DECODER = json.JSONDecoder(
+    object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant, parse_float=_finite_float
+)
 
 
 def _json_object(data: bytes, what: str) -> dict[str, Any]:
     try:
         text = data.decode("utf-8")
-        value = json.loads(
-            text,
-            object_pairs_hook=_reject_duplicates,
-            parse_constant=_reject_constant,
-            parse_float=_finite_float,
-        )
+        value = _DECODER.decode(text)
     except InvalidToken:
         raise
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise InvalidToken("malformed", f"{what} is not JSON") from e
     if not isinstance(value, dict):
         raise InvalidToken("malformed", f"{what} is not a JSON object")
-    if _too_deep(value):
+    # Nesting deeper than MAX_JSON_DEPTH needs more opening brackets than that: most
+    # documents are cleared by counting, without walking them.
+    if text.count("{") + text.count("[") > MAX_JSON_DEPTH and _too_deep(value):
         raise InvalidToken("malformed", f"{what} is nested deeper than {MAX_JSON_DEPTH} levels")
     return value
+
+
+# Decoded headers by their base64url text. An issuer writes the same few headers (alg, typ,
+# kid) on every token, so a new token's header is usually known: the same bytes always
+# decode to the same object, which callers only read. Bounded; emptied when full.
+_HEADERS: dict[bytes, dict[str, Any]] = {}
+_HEADERS_MAX = 256
+
+
+def _header(segment: bytes) -> dict[str, Any]:
+    header = _HEADERS.get(segment)
+    if header is None:
+        header = _json_object(_b64decode(segment, "header"), "header")
+        if len(_HEADERS) >= _HEADERS_MAX:
+            _HEADERS.clear()
+        _HEADERS[segment] = header
+    return header
 
 
 def parse_compact(token: str) -> ParsedToken:
@@ -114,7 +138,7 @@ def parse_compact(token: str) -> ParsedToken:
         # Five parts is a JWE (RFC 7516); we verify signed tokens only.
         raise InvalidToken("malformed", f"{len(parts)} segments")
     header_b64, payload_b64, signature_b64 = parts
-    header = _json_object(_b64decode(header_b64, "header"), "header")
+    header = _header(header_b64)
     payload = _json_object(_b64decode(payload_b64, "payload"), "payload")
     signature = _b64decode(signature_b64, "signature")
     return ParsedToken(header, payload, header_b64 + b"." + payload_b64, signature)
