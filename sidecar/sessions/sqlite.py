@@ -89,6 +89,9 @@ class SqliteStore:
         self.busy_timeout_ms = busy_timeout_ms
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
+        # Whole-table scans (the sessions_active count: ~0.1 s at 1,000,000 rows) run on a
+        # connection of their own, so that the checks' reads do not queue behind them.
+        self._scanner: aiosqlite.Connection | None = None
         self._write_lock = asyncio.Lock()
         # The reader connection is shared; one multi-statement snapshot on it at a time.
         self._snapshot_lock = asyncio.Lock()
@@ -112,6 +115,7 @@ class SqliteStore:
                 log.warning("sqlite: WAL mode unavailable for %s (got %s)", self.path, row)
             await self._migrate()
             self._reader = await self._connect()
+            self._scanner = await self._connect()
         except (sqlite3.Error, OSError) as e:
             await self.close()
             raise StoreUnavailable(f"cannot open SQLite database {self.path}: {e}") from e
@@ -120,13 +124,13 @@ class SqliteStore:
             raise
 
     async def close(self) -> None:
-        for conn in (self._reader, self._writer):
+        for conn in (self._scanner, self._reader, self._writer):
             if conn is not None:
                 try:
                     await conn.close()
                 except sqlite3.Error as e:
                     log.warning("sqlite: error while closing: %s", e)
-        self._reader = self._writer = None
+        self._scanner = self._reader = self._writer = None
 
     async def _migrate(self) -> None:
         async with self._transaction() as db:
@@ -176,8 +180,8 @@ class SqliteStore:
                     raise StoreUnavailable(f"SQLite write failed: {e}") from e
                 raise
 
-    async def _fetch(self, sql: str, params: Sequence[Any]) -> list[Any]:
-        db = self._conn(self._reader)
+    async def _fetch(self, sql: str, params: Sequence[Any], *, scan: bool = False) -> list[Any]:
+        db = self._conn(self._scanner if scan else self._reader)
         try:
             async with db.execute(sql, params) as cur:
                 return list(await cur.fetchall())
@@ -235,7 +239,9 @@ class SqliteStore:
         return int(row[0])
 
     async def count_active(self, now: float) -> int:
-        rows = await self._fetch("SELECT COUNT(*) FROM sessions WHERE revoked_at IS NULL AND expires_at > ?", (now,))
+        rows = await self._fetch(
+            "SELECT COUNT(*) FROM sessions WHERE revoked_at IS NULL AND expires_at > ?", (now,), scan=True
+        )
         return int(rows[0][0])
 
     async def revoke(self, session_id: str, now: float) -> Session | None:
