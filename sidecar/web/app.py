@@ -62,6 +62,12 @@ def create_app(settings: Settings, services: Services | None = None) -> web.Appl
     return app
 
 
+def is_check_path(path_safe: str) -> bool:
+    """Whether the router sends ``path_safe`` (a request's ``rel_url.path_safe``, what it
+    matches routes against) to the check: ``/introspect`` and everything under it."""
+    return path_safe.startswith("/introspect") and (len(path_safe) == 11 or path_safe[11] == "/")
+
+
 def checks_first(runner: web.AppRunner) -> None:
     """Let the server of ``runner`` (an AppRunner of ``create_app``'s app, set up and not
     yet listening) hand ``/introspect`` requests straight to the check.
@@ -79,8 +85,7 @@ def checks_first(runner: web.AppRunner) -> None:
     to_app = server.request_handler
 
     async def dispatch(request: web.BaseRequest) -> web.StreamResponse:
-        path = request.rel_url.path_safe
-        if path.startswith("/introspect") and (len(path) == 11 or path[11] == "/"):
+        if is_check_path(request.rel_url.path_safe):
             return await check(request)
         return await to_app(request)
 
