@@ -65,7 +65,9 @@ class Check:
     It is what every request of every upstream costs, so a known token takes the shortest
     way: the Authorization header as sent, the verified-claims cache, the session state in
     memory, one response. Anything unusual (two headers, odd spacing, a token not seen
-    before) goes the full way, ``authenticate``, with the same result.
+    before) goes the full way (``extract_bearer``, ``TokenVerifier.verify``), which gives
+    the same answer for a known token. ``checks_first`` in sidecar.web.app hands requests
+    here before aiohttp's router and middleware.
     """
 
     def __init__(self, in_flight: InFlight, services: Services | None = None) -> None:
@@ -126,5 +128,5 @@ class Check:
             stats.observe(time.perf_counter() - started)
 
 
-# The app's check, for ``checks_first`` (defined here: sidecar.web.keys is imported by this module's imports).
+# The app's check, for ``checks_first`` (here, not in sidecar.web.keys: that would import in a circle).
 CHECK = web.AppKey("check", Check)
