@@ -132,10 +132,20 @@ def targets(results: dict[str, Any]) -> list[Target]:
         out.append(Target("cached check p99 ÷ bare aiohttp p99", c["p99_ratio"], "<= 1.2", _x(c["p99_ratio"])))
     if "cold" in results:
         for alg, a in results["cold"]["algorithms"].items():
-            out.append(Target(
-                f"{alg} cold cost (server CPU) ÷ PyJWT jwt.decode ({a['cold_cost_us']:.0f} µs vs {a['pyjwt_decode_us']:.0f} µs)",
-                a["cold_cost_vs_pyjwt"], "<= 1.3", _x(a["cold_cost_vs_pyjwt"]),
-            ))
+            if "cold_cost_vs_pyjwt_in_server" in a:
+                # Both sides measured the same way: what a new token adds to a request of
+                # an aiohttp server, in server CPU time.
+                out.append(Target(
+                    f"{alg} new token: sidecar ÷ PyJWT handler, both in a server "
+                    f"({a['cold_cost_us']:.0f} µs vs {a['pyjwt_in_server_us']:.0f} µs)",
+                    a["cold_cost_vs_pyjwt_in_server"], "<= 1.3", _x(a["cold_cost_vs_pyjwt_in_server"]),
+                ))
+            else:  # results from before the PyJWT handler was measured
+                out.append(Target(
+                    f"{alg} new token in a server ÷ PyJWT jwt.decode in a loop "
+                    f"({a['cold_cost_us']:.0f} µs vs {a['pyjwt_decode_us']:.0f} µs)",
+                    a["cold_cost_vs_pyjwt"], "<= 1.3", _x(a["cold_cost_vs_pyjwt"]),
+                ))
     for kind in ("nginx", "envoy"):
         if kind in results:
             g = results[kind]
@@ -220,14 +230,18 @@ def render(results: dict[str, Any], meta: dict[str, Any], profiles: Sequence[Pro
             [alg, f"{a['pyjwt_decode_us']:.1f}", f"{a['signature_only_us']:.1f}",
              "n/a" if a["sidecar_verifier_us"] is None else f"{a['sidecar_verifier_us']:.1f}",
              f"{a['cold_cost_us']:.1f}", f"{a.get('cold_cost_by_rate_us', float('nan')):.1f}",
-             _x(a["cold_cost_vs_pyjwt"])]
+             "n/a" if "pyjwt_in_server_us" not in a else f"{a['pyjwt_in_server_us']:.1f}",
+             _x(a.get("cold_cost_vs_pyjwt_in_server", float("nan"))), _x(a["cold_cost_vs_pyjwt"])]
             for alg, a in results["cold"]["algorithms"].items()
         ]
-        parts.append("Cold path, µs per token (in-process on the server core, except the two HTTP columns; "
-                     "÷ PyJWT uses server CPU, which leaves out the time the server core waited idle):")
+        parts.append("Cold path, µs per token. In-process (a loop on the server core): PyJWT, the bare "
+                     "signature, the sidecar's verifier. Over HTTP, server CPU per request: the sidecar's "
+                     "new token minus its cached one, and an aiohttp handler calling jwt.decode minus the same "
+                     "handler not verifying:")
         parts.append(table(
-            ["alg", "PyJWT jwt.decode", "signature only", "sidecar TokenVerifier (miss)",
-             "cold - cached over HTTP, server CPU", "same, by req/s", "÷ PyJWT"],
+            ["alg", "PyJWT jwt.decode (loop)", "signature only (loop)", "sidecar TokenVerifier miss (loop)",
+             "sidecar new token (server)", "same, by req/s", "PyJWT handler (server)",
+             "÷ PyJWT (server)", "÷ PyJWT (loop)"],
             cold_rows,
         ))
     if "memory" in results:

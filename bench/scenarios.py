@@ -326,23 +326,37 @@ def _cold_one(run: Run, algorithm: str) -> dict[str, Any]:
         # Every cold token is new to the verifier; its session is one of the registered ones.
         return write_pool(run.workdir / f"{algorithm}-cold.tokens", mint(key, [sessions[i % POOL] for i in range(size)]))
 
-    cached_runs: list[LoadResult] = []
-    cold_runs: list[LoadResult] = []
-    size = 0
-    for _ in range(opts.repeat):
-        cached_runs.append(run.measure(sidecar, "/introspect", cached_pool))
-        size = _cold_pool_size(cached_runs[-1].rps, floor_us, opts.duration, opts.connections * opts.threads)
+    # PyJWT in the same conditions: an aiohttp handler that jwt.decode()s every token,
+    # against the same handler answering without verifying.
+    bare = start_bare(run.procs, f"bare-{algorithm.lower()}", identity_headers=True)
+    with_pyjwt = start_bare(run.procs, f"pyjwt-{algorithm.lower()}", pyjwt=key)
 
-        def attempt(size: int = size) -> LoadResult:
-            pool = cold_pool(size)
-            result = run.traced(sidecar, lambda: run.load.run(sidecar.url("/introspect"), pool, opts.duration, mode="once"))
+    def cold_run(server: Server, pool: Path, size: int) -> LoadResult:
+        def attempt() -> LoadResult:
+            result = run.traced(server, lambda: run.load.run(server.url("/introspect"), pool, opts.duration, mode="once"))
             if result.exhausted:
                 raise BenchError(f"{algorithm}: the cold pool of {size} tokens ran out; the run re-used tokens")
             return result
 
-        cold_runs.append(run.clean(f"{sidecar.name} cold", attempt))
+        return run.clean(f"{server.name} cold", attempt)
+
+    cached_runs: list[LoadResult] = []
+    cold_runs: list[LoadResult] = []
+    bare_runs: list[LoadResult] = []
+    pyjwt_runs: list[LoadResult] = []
+    size = 0
+    for _ in range(opts.repeat):
+        cached_runs.append(run.measure(sidecar, "/introspect", cached_pool))
+        size = _cold_pool_size(cached_runs[-1].rps, floor_us, opts.duration, opts.connections * opts.threads)
+        pool = cold_pool(size)
+        cold_runs.append(cold_run(sidecar, pool, size))
+        bare_runs.append(run.measure(bare, "/introspect", cached_pool))
+        # The same new tokens: PyJWT keeps no cache, each is verified in full.
+        pyjwt_runs.append(cold_run(with_pyjwt, pool, size))
     cached_result, cold_result = _median(cached_runs), _median(cold_runs)
+    bare_result, pyjwt_result = _median(bare_runs), _median(pyjwt_runs)
     cost_us = cold_cost_us(cached_result, cold_result)
+    pyjwt_server_us = cold_cost_us(bare_result, pyjwt_result)
     entry: dict[str, Any] = {
         "pyjwt_decode_us": pyjwt_us,
         "signature_only_us": floor_us,
@@ -353,6 +367,10 @@ def _cold_one(run: Run, algorithm: str) -> dict[str, Any]:
         "cold_cost_us": round(cost_us, 1),
         "cold_cost_vs_pyjwt": _ratio(cost_us, pyjwt_us),
         "cold_cost_by_rate_us": round(cold_cost_us(cached_result, cold_result, wall=True), 1),
+        "bare_identity": bare_result,
+        "pyjwt_handler": pyjwt_result,
+        "pyjwt_in_server_us": round(pyjwt_server_us, 1),
+        "cold_cost_vs_pyjwt_in_server": _ratio(cost_us, pyjwt_server_us),
     }
     if opts.profile:
         run.profile(f"cold-{algorithm.lower()}", sidecar, "/introspect", cold_pool(size), mode="once")
@@ -497,6 +515,9 @@ def rederive(results: dict[str, Any]) -> None:
     for a in results.get("cold", {}).get("algorithms", {}).values():
         a["cold_cost_us"] = round(cold_cost_us(a["cached"], a["cold"]), 1)
         a["cold_cost_by_rate_us"] = round(cold_cost_us(a["cached"], a["cold"], wall=True), 1)
+        if "pyjwt_handler" in a:
+            a["pyjwt_in_server_us"] = round(cold_cost_us(a["bare_identity"], a["pyjwt_handler"]), 1)
+            a["cold_cost_vs_pyjwt_in_server"] = _ratio(a["cold_cost_us"], a["pyjwt_in_server_us"])
         a["cold_cost_vs_pyjwt"] = _ratio(a["cold_cost_us"], a["pyjwt_decode_us"])
 
 

@@ -62,11 +62,18 @@ class Server:
 # ---------------------------------------------------------------------------- bare and sidecar
 
 
-def start_bare(procs: Processes, name: str = "bare", *, identity_headers: bool = False) -> Server:
+def start_bare(
+    procs: Processes, name: str = "bare", *, identity_headers: bool = False, pyjwt: SigningKey | None = None
+) -> Server:
+    """bench.bare; with ``pyjwt``, verifying every token with PyJWT against that key."""
     [port] = free_ports(1)
     argv = [sys.executable, "-m", "bench.bare", "--port", str(port)]
     if identity_headers:
         argv.append("--identity-headers")
+    if pyjwt is not None:
+        key_file = procs.fresh(f"{name}-key", ".pem")
+        key_file.write_bytes(pyjwt.public_pem if pyjwt.public_pem is not None else pyjwt.signing_pem)
+        argv += ["--pyjwt", pyjwt.algorithm, "--key", str(key_file)]
     # Processes run in the work directory: make bench.bare importable from there.
     proc = procs.start(name, argv, says_and_listens("bare: ready", port), env={"PYTHONPATH": str(REPO)})
     return Server(name, port, proc)
