@@ -1067,3 +1067,26 @@ async def test_pyjwt_unsigned_token_is_refused(tmp_path: Path) -> None:
     v = make(tmp_path)
     token = jwt.encode(claims(), None, algorithm="none")
     assert await reason(v, token) == "alg_not_allowed"
+
+
+async def test_remembered_headers_give_the_verdicts_of_a_fresh_decode(tmp_path: Path) -> None:
+    """Headers are decoded once per distinct text (sidecar.tokens.parse._HEADERS): a refused
+    header is refused every time, a known one still needs its own payload and signature, and
+    more distinct headers than are remembered change nothing but speed."""
+    v = make(tmp_path)
+    bad = sign_with("HS256", b'{"alg":"HS256","alg":"none"}', claims(), SECRET)
+    for _ in range(3):
+        assert await reason(v, bad) == "duplicate_json_key"
+    header = b'{"alg":"HS256","typ":"JWT","x":"[[[{"}'  # brackets in strings do not count as depth
+    first = sign_with("HS256", header, claims(sid="s-a"), SECRET)
+    second = sign_with("HS256", header, claims(sid="s-b"), SECRET)
+    assert (await v.verify(first)).session_key == "sid:s-a"
+    assert (await v.verify(second)).session_key == "sid:s-b"
+    assert await reason(v, sign_with("HS256", header, claims(sid="s-c"), "another secret " * 3)) == "bad_signature"
+    assert await reason(v, sign_with("HS256", header, raw_payload(sub='"a","sub":"b"'), SECRET)) == "duplicate_json_key"
+    for i in range(600):  # past the bound: the remembered headers are dropped and rebuilt
+        token = sign_with("HS256", {"alg": "HS256", "n": i}, claims(sid=f"s-{i}"), SECRET)
+        assert (await v.verify(token)).session_key == f"sid:s-{i}"
+    assert await reason(v, bad) == "duplicate_json_key"
+    none = sign_with("HS256", {"alg": "none", "n": 1}, claims(), SECRET)  # same "n" as a good one
+    assert await reason(v, none) == "alg_not_allowed"
