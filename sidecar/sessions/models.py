@@ -107,10 +107,14 @@ class Changes:
         sessions: Sequence[tuple[Session, int]],
         cutoffs: Sequence[tuple[Cutoff, int]],
     ) -> Changes:
-        """Combine two revision-ordered reads of at most ``limit`` rows each.
+        """Combine two revision-ordered reads, each of the rows of whole revisions, up to
+        the revision of its ``limit``-th row (one revision can hold many rows: "revoke all"
+        stamps one on every session it revokes, so a read cut at exactly ``limit`` rows
+        could end inside a revision, and remembering it would skip the rest).
 
-        When a read came back full, rows past its last revision may exist unread, so the
-        safe revision to remember is the smallest last revision among full reads.
+        When a read came back with ``limit`` rows or more, rows past its last revision may
+        exist unread, so the safe revision to remember is the smallest last revision among
+        such reads.
         """
         safe = [rows[-1][1] for rows in (sessions, cutoffs) if len(rows) >= limit]
         seen = [rev for rows in (sessions, cutoffs) for _, rev in rows]

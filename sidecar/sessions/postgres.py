@@ -428,9 +428,15 @@ class PostgresStore:
         async with self._transaction("read", isolation="repeatable_read", readonly=True) as db:
             # "revision > 0" lets the planner use the partial index sessions_by_revision
             # even with a generic plan, where $1 is unknown.
+            # Whole revisions only: "revoke all" stamps one revision on many rows, and a
+            # page ending inside it would skip the rest (see Changes.collect).
             sessions = await db.fetch(
                 f"SELECT {_COLUMNS}, revision FROM sessions "  # noqa: S608
-                "WHERE revision > $1 AND revision > 0 ORDER BY revision LIMIT $2",
+                "WHERE revision > $1 AND revision > 0 AND revision <= ("
+                " SELECT COALESCE(MAX(revision), 0) FROM ("
+                "  SELECT revision FROM sessions WHERE revision > $1 AND revision > 0"
+                "  ORDER BY revision LIMIT $2) AS page) "
+                "ORDER BY revision",
                 revision, limit,
             )
             cutoffs = await db.fetch(

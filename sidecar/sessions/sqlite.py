@@ -300,10 +300,16 @@ class SqliteStore:
             try:
                 await db.execute("BEGIN")
                 try:
+                    # Whole revisions only: "revoke all" stamps one revision on many rows,
+                    # and a page ending inside it would skip the rest (see Changes.collect).
                     async with db.execute(
                         f"SELECT {_COLUMNS}, revision FROM sessions "  # noqa: S608
-                        "WHERE revision > ? AND revision > 0 ORDER BY revision LIMIT ?",
-                        (revision, limit),
+                        "WHERE revision > ? AND revision > 0 AND revision <= ("
+                        " SELECT COALESCE(MAX(revision), 0) FROM ("
+                        "  SELECT revision FROM sessions WHERE revision > ? AND revision > 0"
+                        "  ORDER BY revision LIMIT ?)) "
+                        "ORDER BY revision",
+                        (revision, revision, limit),
                     ) as cur:
                         sessions = list(await cur.fetchall())
                     async with db.execute(

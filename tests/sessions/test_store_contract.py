@@ -268,6 +268,33 @@ async def test_revision_feed_pages_without_skipping(store: SessionStore) -> None
     assert users == {s.user_id for i, s in enumerate(sessions) if i % 2 == 0}
 
 
+async def test_revision_feed_pages_never_split_a_revoke_all(store: SessionStore) -> None:
+    """"Revoke all" stamps one revision on every session it revokes: a page of the feed
+    never ends inside it, even when it holds more rows than the page size (a page that
+    did, and the next read starting after that revision, skipped the rest)."""
+    lone = session("carol")
+    many = [session("dave") for _ in range(5)]
+    for s in (lone, *many):
+        await store.insert(s)
+    await store.revoke(lone.id, NOW)
+    await store.revoke_user("dave", NOW + 1, None)
+    for page in (1, 2, 3, 4, 7):
+        seen: list[str] = []
+        revision = 0
+        for _ in range(20):
+            changes = await store.changes_since(revision, page)
+            seen += [s.id for s in changes.sessions]
+            if changes.revision == revision:
+                break
+            revision = changes.revision
+        assert set(seen) == {s.id for s in (lone, *many)}, page
+        assert revision == await store.current_revision()
+    first = await store.changes_since(0, 1)
+    assert [s.id for s in first.sessions] == [lone.id]
+    second = await store.changes_since(first.revision, 1)  # 5 rows for a page of 1: the whole revision
+    assert sorted(s.id for s in second.sessions) == sorted(s.id for s in many)
+
+
 async def test_values_round_trip_unchanged(store: SessionStore) -> None:
     """Identifiers with quotes, SQL and unicode in stored text round-trip as plain data."""
     s = replace(session(user="o'brien\"; DROP TABLE sessions; --", key="sid:' OR '1'='1"), location="Linköping, Sweden")
