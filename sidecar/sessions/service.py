@@ -295,28 +295,13 @@ class SessionService:
         key = claims.session_key
         now = self._clock.wall()
         state = self._states.get(key)
-        entry: CutoffEntry = self._cutoffs.get(claims.user_id, _MISSING)
-        if (
-            state is not None
-            and not state.revoked
-            and state.expires_at > now
-            and state.user_id == claims.user_id
-            and (entry is None or (isinstance(entry, Cutoff) and not entry.refuses(key, claims.issued_at)))
-            and self.fresh
-        ):
-            # The common case, decided from memory alone: what the rest of this method
-            # concludes for an active session and user state it holds, without its detours.
-            self._states.move_to_end(key)
-            state.expires_at = max(state.expires_at, claims.expires_at)
-            self._note(state.id, now, state.expires_at)
-            return state.id
-
         if state is not None and not state.revoked and state.expires_at <= now:
             # Every token seen for this session had expired, so cleanup may have deleted its
             # row: read the store again, so that a newer token of it registers a row rather
             # than living on only in this process's memory.
             del self._states[key]
             state = None
+        entry: CutoffEntry = self._cutoffs.get(claims.user_id, _MISSING)
         if not self.fresh:
             # Revocations from other processes may not have reached memory (store and
             # Redis both unreachable): trust only the store, and deny if it cannot answer.
