@@ -15,10 +15,9 @@ from aiohttp import web
 
 from sidecar.errors import InvalidToken, StoreUnavailable
 from sidecar.logs import REQUEST_ID
-from sidecar.tokens.bearer import extract_bearer
 from sidecar.web.envelope import BEARER_CHALLENGE
 from sidecar.web.limits import InFlight
-from sidecar.web.requests import client_of
+from sidecar.web.requests import bearer_claims, client_of
 from sidecar.web.services import Services
 
 log = logging.getLogger(__name__)
@@ -63,11 +62,9 @@ class Check:
     """The handler of ``/introspect``, bound once to the services it needs.
 
     It is what every request of every upstream costs, so a known token takes the shortest
-    way: the Authorization header as sent, the verified-claims cache, the session state in
-    memory, one response. Anything unusual (two headers, odd spacing, a token not seen
-    before) goes the full way (``extract_bearer``, ``TokenVerifier.verify``), which gives
-    the same answer for a known token. ``checks_first`` in sidecar.web.app hands requests
-    here before aiohttp's router and middleware.
+    way: the verified-claims cache (``bearer_claims``), the session state in memory, one
+    response. ``checks_first`` in sidecar.web.app hands requests here before aiohttp's
+    router and middleware.
     """
 
     def __init__(self, in_flight: InFlight, services: Services | None = None) -> None:
@@ -92,14 +89,7 @@ class Check:
         started = time.perf_counter()
         try:
             try:
-                authorization = headers.getall("Authorization", ())
-                claims = None
-                if len(authorization) == 1 and authorization[0].startswith("Bearer "):
-                    # What extract_bearer would return, when the token is one verified before.
-                    claims = services.verifier.cached(authorization[0][7:])
-                if claims is None:
-                    token = extract_bearer(authorization, services.settings.jwt.max_token_bytes)
-                    claims = await services.verifier.verify(token)
+                claims = await bearer_claims(headers.getall("Authorization", ()), services)
                 session_id = await services.sessions.check(claims, lambda: client_of(request, services.settings))
             except InvalidToken as e:
                 log.info("check: deny %s: %s", e.reason, _context(request))

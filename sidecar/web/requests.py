@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from aiohttp import web
 
 from sidecar.config import Settings
@@ -10,6 +12,7 @@ from sidecar.sessions.service import ClientInfo
 from sidecar.tokens.bearer import extract_bearer
 from sidecar.tokens.claims import Claims
 from sidecar.web.keys import SERVICES
+from sidecar.web.services import Services
 
 
 def client_of(request: web.BaseRequest, settings: Settings) -> ClientInfo:
@@ -27,13 +30,28 @@ def client_of(request: web.BaseRequest, settings: Settings) -> ClientInfo:
     return ClientInfo(ip=ip, user_agent=request.headers.get("User-Agent"))
 
 
+async def bearer_claims(authorization: Sequence[str], services: Services) -> Claims:
+    """The verified claims of the bearer token in ``authorization`` (every Authorization
+    header received), or ``InvalidToken``.
+
+    A header that is exactly ``Bearer <token>`` with a token verified before costs one
+    hash and one lookup; anything else (a new token, two headers, odd spacing) is read in
+    full by extract_bearer, which gives the same token wherever the shortcut applies.
+    """
+    if len(authorization) == 1 and authorization[0].startswith("Bearer "):
+        claims = services.verifier.cached(authorization[0][7:])
+        if claims is not None:
+            return claims
+    token = extract_bearer(authorization, services.settings.jwt.max_token_bytes)
+    return await services.verifier.verify(token)
+
+
 async def authenticate(request: web.Request) -> tuple[Claims, str]:
     """Verify the request's bearer token and its session: (claims, session id).
 
     The same rules as the gateway check; raises InvalidToken / StoreUnavailable.
     """
     services = request.app[SERVICES]
-    token = extract_bearer(request.headers.getall("Authorization", []), services.settings.jwt.max_token_bytes)
-    claims = await services.verifier.verify(token)
+    claims = await bearer_claims(request.headers.getall("Authorization", []), services)
     session_id = await services.sessions.check(claims, lambda: client_of(request, services.settings))
     return claims, session_id
