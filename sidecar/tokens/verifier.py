@@ -70,8 +70,9 @@ class TokenVerifier:
         """The claims of ``token`` when it was verified before (the time rules checked
         again: raises ``InvalidToken`` once it has expired), else None: call ``verify``.
 
-        The check calls this first with the text after ``Bearer `` so that a known token
-        costs one hash and one dict lookup; whatever it does not know goes the full way.
+        ``sidecar.web.requests.bearer_claims`` calls this first with the text after
+        ``Bearer `` so that a known token costs one hash and one dict lookup; whatever it
+        does not know goes the full way (and is hashed again by ``verify``).
         """
         if not token.isascii():
             return None

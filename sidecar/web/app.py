@@ -65,7 +65,7 @@ def create_app(settings: Settings, services: Services | None = None) -> web.Appl
 def is_check_path(path_safe: str) -> bool:
     """Whether the router sends ``path_safe`` (a request's ``rel_url.path_safe``, what it
     matches routes against) to the check: ``/introspect`` and everything under it."""
-    return path_safe.startswith("/introspect") and (len(path_safe) == 11 or path_safe[11] == "/")
+    return path_safe == "/introspect" or path_safe.startswith("/introspect/")
 
 
 def checks_first(runner: web.AppRunner) -> None:

@@ -17,7 +17,7 @@ from sidecar.errors import InvalidToken, StoreUnavailable
 from sidecar.logs import REQUEST_ID
 from sidecar.web.envelope import BEARER_CHALLENGE
 from sidecar.web.limits import InFlight
-from sidecar.web.requests import bearer_claims, client_of
+from sidecar.web.requests import authenticate_with
 from sidecar.web.services import Services
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ class Check:
     """The handler of ``/introspect``, bound once to the services it needs.
 
     It is what every request of every upstream costs, so a known token takes the shortest
-    way: the verified-claims cache (``bearer_claims``), the session state in memory, one
+    way: the verified-claims cache (``authenticate_with``), the session state in memory, one
     response. ``checks_first`` in sidecar.web.app hands requests here before aiohttp's
     router and middleware.
     """
@@ -75,8 +75,7 @@ class Check:
         services = self.services
         if services is None:  # only between the app's cleanup and the listener closing
             return deny()
-        headers = request.headers
-        request_id = headers.get("X-Request-Id")
+        request_id = request.headers.get("X-Request-Id")
         if request_id is not None:  # each request runs in a task of its own: the default is None
             REQUEST_ID.set(request_id)
         stats = services.metrics.check
@@ -89,8 +88,7 @@ class Check:
         started = time.perf_counter()
         try:
             try:
-                claims = await bearer_claims(headers.getall("Authorization", ()), services)
-                session_id = await services.sessions.check(claims, lambda: client_of(request, services.settings))
+                claims, session_id = await authenticate_with(request, services)
             except InvalidToken as e:
                 log.info("check: deny %s: %s", e.reason, _context(request))
                 stats.deny(e.reason)

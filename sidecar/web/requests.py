@@ -46,12 +46,17 @@ async def bearer_claims(authorization: Sequence[str], services: Services) -> Cla
     return await services.verifier.verify(token)
 
 
-async def authenticate(request: web.Request) -> tuple[Claims, str]:
+async def authenticate_with(request: web.BaseRequest, services: Services) -> tuple[Claims, str]:
     """Verify the request's bearer token and its session: (claims, session id).
 
-    The same rules as the gateway check; raises InvalidToken / StoreUnavailable.
+    What the gateway check and the sessions API both decide; raises InvalidToken /
+    StoreUnavailable.
     """
-    services = request.app[SERVICES]
-    claims = await bearer_claims(request.headers.getall("Authorization", []), services)
+    claims = await bearer_claims(request.headers.getall("Authorization", ()), services)
     session_id = await services.sessions.check(claims, lambda: client_of(request, services.settings))
     return claims, session_id
+
+
+async def authenticate(request: web.Request) -> tuple[Claims, str]:
+    """``authenticate_with`` the services of the request's app (the routed API handlers)."""
+    return await authenticate_with(request, request.app[SERVICES])
