@@ -34,18 +34,58 @@ def cmd_serve(settings: Settings) -> int:
     return run(settings)
 
 
-def cmd_check_config(settings: Settings, path: str) -> int:
+def summary(settings: Settings, path: str) -> list[str]:
+    """What ``check-config`` prints: the settings that decide access, and what they cost."""
     s = settings
-    print(f"{path}: OK")
-    print(f"  server      http://{s.server.host}:{s.server.port} (trusted proxies: "
-          f"{', '.join(map(str, s.server.trusted_proxies)) or 'none'})")
-    print(f"  jwt         {', '.join(s.jwt.algorithms)}; user claim {s.jwt.user_claim!r}, "
-          f"session claim {s.jwt.session_claim!r}")
-    print(f"  sessions    registration {s.sessions.registration}")
-    print(f"  storage     {s.storage.display_url}")
+    j = s.jwt
+    lines = [
+        f"{path}: OK",
+        f"  server      http://{s.server.host}:{s.server.port} (trusted proxies: "
+        f"{', '.join(map(str, s.server.trusted_proxies)) or 'none'})",
+        f"  jwt         {', '.join(j.algorithms)}; user claim {j.user_claim!r}",
+    ]
+    if j.token_type_claim is not None:
+        lines.append(
+            f"  token type  only tokens whose {j.token_type_claim!r} is {j.access_token_type!r} pass "
+            "(refresh tokens are refused)"
+        )
+    else:
+        lines.append(
+            "  token type  WARNING: no rule (jwt.token_type_claim / jwt.access_token_type): a refresh "
+            "token signed with the same key passes the check and the sessions API"
+        )
+    lines.append(
+        f"  sessions    registration {s.sessions.registration}; keyed by claim {j.session_claim!r}, else 'jti', "
+        "else a hash of the token's claims"
+    )
+    lines.append(
+        f"              (tokens without {j.session_claim!r} or 'jti': each token is its own session, so a revoked "
+        "device comes back with its next refreshed token; carry a session id from login into every refresh)"
+    )
+    if j.token_lifetime_seconds is not None:
+        age = f"iat, else exp - {j.token_lifetime_seconds:g} s (jwt.token_lifetime_seconds)"
+    else:
+        age = (
+            "iat only: after 'log out others', a never-seen token without iat is let through "
+            "(set jwt.token_lifetime_seconds to refuse older ones)"
+        )
+    lines.append(f"  cut-offs    a token's age from {age}")
+    if s.routes:
+        lines.append("  routes      first match wins; anything else is required")
+        for r in s.routes:
+            methods = ",".join(sorted(r.methods)) if r.methods is not None else "*"
+            lines.append(f"              {r.policy:<9} {methods:<12} {r.pattern}")
+    else:
+        lines.append("  routes      none: every request needs a valid token of an active session")
+    lines.append(f"  storage     {s.storage.display_url}")
     admin = f"http://{s.admin.host}:{s.admin.port}" if s.admin.enabled else "disabled"
-    print(f"  admin       {admin}")
-    print(f"  geoip       {s.geoip.database or 'none (locations read Unknown)'}")
+    lines.append(f"  admin       {admin}")
+    lines.append(f"  geoip       {s.geoip.database or 'none (locations read Unknown)'}")
+    return lines
+
+
+def cmd_check_config(settings: Settings, path: str) -> int:
+    print("\n".join(summary(settings, path)))
     return 0
 
 
@@ -77,7 +117,9 @@ def cmd_mint_token(settings: Settings, args: argparse.Namespace) -> int:
         )
         return EXIT_CONFIG
     now = int(time.time())
-    claims: dict[str, Any] = {j.user_claim: args.sub, "iat": now, "exp": now + args.ttl}
+    claims: dict[str, Any] = {j.user_claim: args.sub, "exp": now + args.ttl}
+    if not args.no_iat:
+        claims["iat"] = now
     if not args.no_session:
         claims[j.session_claim] = args.sid or str(uuid.uuid4())
     if j.token_type_claim and j.access_token_type:
@@ -112,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     mint.add_argument("--sub", required=True, help="the user id")
     mint.add_argument("--sid", help="the session id claim (default: a new UUID, i.e. a new session)")
     mint.add_argument("--no-session", action="store_true", help="omit the session claim")
+    mint.add_argument("--no-iat", action="store_true", help="omit iat (as many auth services do)")
     mint.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds (default 3600)")
     mint.add_argument("--type", help="token type claim value (default: the configured access type)")
     mint.add_argument("--claim", action="append", default=[], metavar="NAME=VALUE", help="an extra string claim")

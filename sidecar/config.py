@@ -22,6 +22,7 @@ from typing import Any, Literal, TypeVar, cast
 from urllib.parse import parse_qs, urlsplit
 
 from sidecar.errors import ConfigError
+from sidecar.routes import POLICIES, Route, parse_route_path
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -63,6 +64,9 @@ class JwtSettings:
     session_claim: str = "sid"
     token_type_claim: str | None = None
     access_token_type: str | None = None
+    # The issuer's fixed access-token lifetime: a token without iat counts as issued at
+    # exp minus this (what a per-user cut-off compares). None: such a token's age is unknown.
+    token_lifetime_seconds: float | None = None
     claim_headers: Mapping[str, str] = field(default_factory=dict)
     max_token_bytes: int = 8192
     verified_cache_size: int = 100_000
@@ -166,6 +170,7 @@ class Settings:
     geoip: GeoipSettings = field(default_factory=GeoipSettings)
     admin: AdminSettings = field(default_factory=AdminSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
+    routes: tuple[Route, ...] = ()
 
 
 # --------------------------------------------------------------------------- loading
@@ -193,8 +198,10 @@ def from_mapping(
         "server", "jwt", "sessions", "storage", "redis", "celery", "geoip", "admin", "logging",
     }
     for name, value in raw.items():
+        if name == "routes":
+            continue  # an array of tables, read by _routes
         if name not in sections:
-            raise ConfigError(f"{name}: unknown section (expected one of {', '.join(sorted(sections))})")
+            raise ConfigError(f"{name}: unknown section (expected one of {', '.join(sorted(sections | {'routes'}))})")
         if not isinstance(value, Mapping):
             raise ConfigError(f"{name}: must be a table")
     r = _Reader(raw, environ, base_dir)
@@ -208,6 +215,7 @@ def from_mapping(
         geoip=_geoip(r.section("geoip")),
         admin=_admin(r.section("admin")),
         logging=_logging(r.section("logging")),
+        routes=_routes(raw.get("routes", []), environ, base_dir),
     )
     if settings.sessions.registration == "explicit" and not settings.admin.enabled:
         raise ConfigError(
@@ -437,10 +445,59 @@ def _jwt(s: _Section) -> JwtSettings:
         session_claim=_claim_name(s, "session_claim", "sid"),
         token_type_claim=token_type_claim,
         access_token_type=access_token_type,
+        token_lifetime_seconds=_optional_seconds(s, "token_lifetime_seconds", maximum=86400 * 3650),
         claim_headers=headers,
         max_token_bytes=s.integer("max_token_bytes", 8192, minimum=256, maximum=65536),
         verified_cache_size=s.integer("verified_cache_size", 100_000, minimum=0, maximum=10_000_000),
     ))
+
+
+def _optional_seconds(s: _Section, k: str, *, maximum: float) -> float | None:
+    if k not in s.data:
+        s.allowed.add(k)
+        return None
+    return s.number(k, 0.0, minimum=1, maximum=maximum)
+
+
+_METHOD = re.compile(r"[A-Z]{1,20}")
+
+
+def _routes(raw: Any, environ: Mapping[str, str], base: Path) -> tuple[Route, ...]:
+    """``[[routes]]``: path (exact, or a prefix ending in /*), methods, policy."""
+    if not isinstance(raw, list):
+        raise ConfigError("routes: must be an array of tables ([[routes]] entries)")
+    out: list[Route] = []
+    for i, item in enumerate(raw):
+        name = f"routes[{i}]"
+        if not isinstance(item, Mapping):
+            raise ConfigError(f"{name}: must be a table")
+        s = _Section(name, item, environ, base)
+        if "path" not in item:
+            raise ConfigError(f"{name}.path: required (e.g. \"/api/v1/auth/login\" or \"/public/*\")")
+        path_text = s.get("path", str, "")
+        parsed = parse_route_path(path_text)
+        if parsed is None:
+            raise ConfigError(
+                f"{name}.path: must be a normalised absolute path, exact or ending in /* "
+                f"(no //, dot segments, %, ;, ?, # or * elsewhere), got {path_text!r}"
+            )
+        if "policy" not in item:
+            raise ConfigError(f"{name}.policy: required: one of {', '.join(POLICIES)}")
+        policy = s.get("policy", str, "required")
+        if policy not in POLICIES:
+            raise ConfigError(f"{name}.policy: must be one of {', '.join(POLICIES)}, got {policy!r}")
+        methods: frozenset[str] | None = None
+        if "methods" in item:
+            listed = s.str_list("methods")
+            if not listed:
+                raise ConfigError(f"{name}.methods: list at least one method, or leave the key out for all")
+            for m in listed:
+                if not _METHOD.fullmatch(m):
+                    raise ConfigError(f"{name}.methods: {m!r} is not an upper-case HTTP method name")
+            methods = frozenset(listed)
+        s.finish()
+        out.append(Route(parsed[0], parsed[1], methods, policy))
+    return tuple(out)
 
 
 def _is_token(name: str) -> bool:

@@ -34,6 +34,8 @@ class CheckStats:
         self.bucket_counts = [0] * (len(buckets) + 1)  # the last one is +Inf
         self.seconds_sum = 0.0
         self.allowed = 0
+        self.public = 0  # allowed by a public route, credentials not looked at
+        self.anonymous = 0  # an optional route without credentials
         self.denied: dict[str, int] = {}
         self.overloaded = 0
 
@@ -55,6 +57,8 @@ class _CheckCollector(Collector):
             "sidecar_check_decisions", "Gateway check answers, by result and reason.", labels=["result", "reason"]
         )
         decisions.add_metric(["allow", "active"], st.allowed)
+        decisions.add_metric(["allow", "public"], st.public)
+        decisions.add_metric(["allow", "anonymous"], st.anonymous)
         for reason, count in sorted(st.denied.items()):
             decisions.add_metric(["deny", reason], count)
         cumulative, buckets = 0, []

@@ -66,11 +66,19 @@ class Cutoff:
     exempt_session_key: str | None
 
     def refuses(self, session_key: str, issued_at: float | None) -> bool:
+        """Whether a token of ``session_key`` issued at ``issued_at`` is cut off.
+
+        ``issued_at`` is the token's ``iat``, or what ``jwt.token_lifetime_seconds`` lets
+        us work out from ``exp``; None when the token's age cannot be told. Such a token is
+        never refused here: guessing "older" would refuse every later login of the user
+        (SECURITY_CASES E40). The sessions this cut-off revoked stay refused by their
+        tombstones; only never-seen older tokens of that shape slip through, and the
+        README, ``check-config`` and the log say so.
+        """
         if self.exempt_session_key is not None and session_key == self.exempt_session_key:
             return False
-        # A token without iat cannot prove it was issued after the cut-off.
         if issued_at is None:
-            return True
+            return False
         # iat is whole seconds (RFC 7519 NumericDate as issuers write it), so the cut-off
         # counts in whole seconds too: a token issued in the same second as the cut-off
         # passes. Otherwise the new token an auth service issues right after "revoke user"

@@ -110,6 +110,7 @@ class SessionService:
         self._revision = 0  # the store's revision feed, applied up to here
         self._confirmed_at = clock.monotonic()  # when memory was last known to be current
         self._catchup_lock = asyncio.Lock()
+        self._told_ageless = False  # the "cannot tell a token's age" warning, once per process
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -284,6 +285,21 @@ class SessionService:
 
     # ------------------------------------------------------------------ the check
 
+    def _cut_off(self, cutoff: Cutoff, key: str, claims: Claims) -> bool:
+        """Whether the user's cut-off refuses this token (see ``Cutoff.refuses``)."""
+        issued = claims.issue_time
+        if issued is None and not self._told_ageless and key != cutoff.exempt_session_key:
+            # Once per process: the guarantee this deployment does not have, and the fix.
+            self._told_ageless = True
+            log.warning(
+                "sessions: user %s has a 'log out others' cut-off, but this token has no iat and "
+                "jwt.token_lifetime_seconds is not set, so its age cannot be told: it is let through. "
+                "Never-seen tokens issued before a cut-off are refused only when tokens carry iat or "
+                "jwt.token_lifetime_seconds is set (sessions already seen stay revoked either way)",
+                claims.user_id,
+            )
+        return cutoff.refuses(key, issued)
+
     async def check(self, claims: Claims, client: Callable[[], ClientInfo]) -> str:
         """Return the session id when the token's session is active, else raise.
 
@@ -320,7 +336,7 @@ class SessionService:
                     state.expires_at = claims.expires_at
                     self._note(state.id, now, claims.expires_at)
                 raise SessionRejected("revoked")
-        if isinstance(entry, Cutoff) and entry.refuses(key, claims.issued_at):
+        if isinstance(entry, Cutoff) and self._cut_off(entry, key, claims):
             raise SessionRejected("cut_off")
         if state is None:
             if self._registration == "explicit":
@@ -335,7 +351,7 @@ class SessionService:
                 # Another user's token registered this session key first (a racing insert).
                 raise SessionRejected("session_user_mismatch")
             entry = self._cutoffs.get(claims.user_id, _MISSING)
-            if isinstance(entry, Cutoff) and entry.refuses(key, claims.issued_at):
+            if isinstance(entry, Cutoff) and self._cut_off(entry, key, claims):
                 raise SessionRejected("cut_off")
             return session.id
 
@@ -376,7 +392,7 @@ class SessionService:
         before the user's cut-off, cannot be registered (``SessionRejected``).
         """
         cutoff = await self.store.get_cutoff(claims.user_id)
-        if cutoff is not None and cutoff.refuses(claims.session_key, claims.issued_at):
+        if cutoff is not None and self._cut_off(cutoff, claims.session_key, claims):
             raise SessionRejected("cut_off")
         session, created = await self._register(claims, client)
         if session.user_id != claims.user_id:

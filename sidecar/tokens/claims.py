@@ -32,6 +32,15 @@ class Claims:
     issued_at: float | None
     not_before: float | None
     extra_headers: tuple[tuple[str, str], ...] = ()
+    # exp - jwt.token_lifetime_seconds, for a token without iat when that key is set.
+    issued_by_lifetime: float | None = None
+
+    @property
+    def issue_time(self) -> float | None:
+        """When the token was issued, as far as can be told: ``iat``, else ``exp`` minus
+        the issuer's fixed lifetime (``jwt.token_lifetime_seconds``), else None (unknown:
+        a per-user cut-off then cannot tell whether the token is older)."""
+        return self.issued_at if self.issued_at is not None else self.issued_by_lifetime
 
     def time_error(self, now: float, leeway: float) -> str | None:
         """The reason this token is not valid at ``now``, or None when it is."""
@@ -137,4 +146,7 @@ def read_claims(payload: Mapping[str, Any], settings: JwtSettings) -> Claims:
                 extra.append((header, str(value)))
             elif isinstance(value, str) and _HEADER_VALUE.fullmatch(value):
                 extra.append((header, value))
-    return Claims(user_id, session_key, expires_at, issued_at, not_before, tuple(extra))
+    issued_by_lifetime = None
+    if issued_at is None and settings.token_lifetime_seconds is not None:
+        issued_by_lifetime = expires_at - settings.token_lifetime_seconds
+    return Claims(user_id, session_key, expires_at, issued_at, not_before, tuple(extra), issued_by_lifetime)

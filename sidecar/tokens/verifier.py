@@ -40,6 +40,7 @@ class TokenVerifier:
         # Plain counters, read by the metrics collector at scrape time.
         self.cache_hits = 0
         self.cache_misses = 0
+        self._told_unkeyed = False
 
     @property
     def cached_tokens(self) -> int:
@@ -117,6 +118,15 @@ class TokenVerifier:
             raise InvalidToken("bad_signature")
 
         claims = self._check_time(read_claims(parsed.payload, self.settings))
+        if not self._told_unkeyed and claims.session_key.startswith("sha256:"):
+            # Once per process: what keying by the claims hash means for revocation.
+            self._told_unkeyed = True
+            log.warning(
+                "tokens: a token without %r or 'jti' was seen: each such token is its own session, so "
+                "revoking one does not reach the tokens its refresh mints (carry a session id from "
+                "login into every refreshed token; README: Integrating your auth service)",
+                self.settings.session_claim,
+            )
         if self._cache_size:
             self._cache[digest] = claims
             if len(self._cache) > self._cache_size:

@@ -10,6 +10,7 @@ from aiohttp import web
 
 from sidecar.clock import SystemClock
 from sidecar.config import Settings
+from sidecar.routes import RouteTable
 from sidecar.web import admin, api, health
 from sidecar.web.envelope import error_middleware
 from sidecar.web.introspect import CHECK, Check
@@ -37,7 +38,9 @@ def runner_kwargs(settings: Settings) -> dict[str, Any]:
 def create_app(settings: Settings, services: Services | None = None) -> web.Application:
     """The public listener. Without ``services`` the app opens (and closes) its own."""
     app = web.Application(middlewares=[error_middleware], client_max_size=64 * 1024)
-    check = app[CHECK] = Check(InFlight(settings.server.max_concurrent_checks), services)
+    check = app[CHECK] = Check(
+        InFlight(settings.server.max_concurrent_checks), services, RouteTable(settings.routes)
+    )
     app[API_RATE] = RateLimiter(settings.server.api_rate_limit_per_minute, SystemClock())
     if services is not None:
         app[SERVICES] = services

@@ -15,6 +15,7 @@ from aiohttp import web
 
 from sidecar.errors import InvalidToken, StoreUnavailable
 from sidecar.logs import REQUEST_ID
+from sidecar.routes import Policy, RouteTable
 from sidecar.web.envelope import BEARER_CHALLENGE
 from sidecar.web.limits import InFlight
 from sidecar.web.requests import authenticate_with
@@ -49,6 +50,34 @@ def _context(request: web.BaseRequest) -> str:
     return f"{method!r} {uri!r} from {request.remote!r}"
 
 
+_ANONYMOUS_HEADERS = {"Cache-Control": "no-store"}
+CHECK_PREFIX = "/introspect"
+# How gateways describe the original request (nginx; Caddy and Traefik).
+_METHOD_HEADERS = ("X-Original-Method", "X-Forwarded-Method")
+_URI_HEADERS = ("X-Original-URI", "X-Forwarded-Uri")
+
+
+def original_request(request: web.BaseRequest) -> tuple[list[str], list[str]]:
+    """(methods, paths): every description the gateway gave of the request being checked.
+
+    nginx sends ``X-Original-Method``/``X-Original-URI`` (its subrequest is a GET to
+    ``/introspect``); Caddy and Traefik ``X-Forwarded-Method``/``X-Forwarded-Uri``; Envoy
+    sends the client's method, and its path under ``/introspect``. All that are present
+    count (``RouteTable.policy`` takes the strictest), so a header a client adds can only
+    make the answer stricter; the check request's own method counts only when no header
+    names one (nginx's subrequest is always a GET).
+    """
+    headers = request.headers
+    methods = [v for name in _METHOD_HEADERS for v in headers.getall(name, ())]
+    if not methods:
+        methods = [request.method]
+    paths = [v for name in _URI_HEADERS for v in headers.getall(name, ())]
+    raw = request.raw_path
+    if raw.startswith(CHECK_PREFIX + "/"):
+        paths.append(raw[len(CHECK_PREFIX) :])
+    return methods, paths
+
+
 def overloaded() -> web.Response:
     return web.Response(
         status=503,
@@ -67,9 +96,16 @@ class Check:
     router and middleware.
     """
 
-    def __init__(self, in_flight: InFlight, services: Services | None = None) -> None:
+    def __init__(self, in_flight: InFlight, services: Services | None = None, routes: RouteTable | None = None) -> None:
         self.in_flight = in_flight
         self.services = services
+        self.routes = routes if routes else None  # an empty table: every request is "required"
+
+    def _policy(self, request: web.BaseRequest) -> Policy:
+        if self.routes is None:
+            return "required"
+        methods, paths = original_request(request)
+        return self.routes.policy(methods, paths)
 
     async def handle(self, request: web.BaseRequest) -> web.Response:
         services = self.services
@@ -87,6 +123,14 @@ class Check:
             return overloaded()
         started = time.perf_counter()
         try:
+            policy = "required" if self.routes is None else self._policy(request)
+            if policy != "required":
+                if policy == "public":
+                    stats.public += 1
+                    return web.Response(status=200, headers=_ANONYMOUS_HEADERS)
+                if not request.headers.getall("Authorization", ()):
+                    stats.anonymous += 1
+                    return web.Response(status=200, headers=_ANONYMOUS_HEADERS)
             try:
                 claims, session_id = await authenticate_with(request, services)
             except InvalidToken as e:
