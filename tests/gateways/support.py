@@ -231,6 +231,17 @@ last_seen_flush_seconds = 0.2
 
 [storage]
 url = "sqlite:///{database}"
+
+# Route policies the contract exercises: /public/* needs nothing, GET /optional/* a token
+# only when one is sent; everything else (the /probe/... paths) the normal check.
+[[routes]]
+path = "/public/*"
+policy = "public"
+
+[[routes]]
+path = "/optional/*"
+methods = ["GET", "HEAD"]
+policy = "optional"
 """
 
 
