@@ -139,10 +139,23 @@ MIGRATIONS: Final[tuple[tuple[int, tuple[str, ...]], ...]] = (
             "CREATE INDEX cutoffs_by_revision ON user_cutoffs (revision)",
         ),
     ),
+    (
+        3,
+        (
+            """
+            CREATE TABLE session_aliases (
+                alias_key  TEXT COLLATE "C" PRIMARY KEY,
+                session_id TEXT COLLATE "C" NOT NULL REFERENCES sessions (id) ON DELETE CASCADE
+            )
+            """,
+            "CREATE INDEX session_aliases_by_session ON session_aliases (session_id)",
+        ),
+    ),
 )
 SCHEMA_VERSION: Final = MIGRATIONS[-1][0]
 
 _COLUMNS = "id, session_key, user_id, created_at, last_seen, expires_at, revoked_at, ip_address, device, location"
+_ALIASED = ", ".join(f"s.{c.strip()}" for c in _COLUMNS.split(","))
 _INSERT_ATTEMPTS: Final = 3
 
 
@@ -330,8 +343,25 @@ class PostgresStore:
         return _session(rows[0]) if rows else None
 
     async def get_by_key(self, session_key: str) -> Session | None:
-        rows = await self._fetch(f"SELECT {_COLUMNS} FROM sessions WHERE session_key = $1", session_key)  # noqa: S608
+        rows = await self._fetch(
+            f"(SELECT {_COLUMNS} FROM sessions WHERE session_key = $1) "  # noqa: S608
+            f"UNION ALL (SELECT {_ALIASED} FROM session_aliases a JOIN sessions s ON s.id = a.session_id "
+            "WHERE a.alias_key = $1) LIMIT 1",
+            session_key,
+        )
         return _session(rows[0]) if rows else None
+
+    async def bind(self, session_id: str, keys: Sequence[str]) -> None:
+        if not keys:
+            return
+        async with self._transaction("bind") as db:
+            await db.executemany(
+                "INSERT INTO session_aliases (alias_key, session_id) SELECT $1::text, $2::text "
+                "WHERE EXISTS (SELECT 1 FROM sessions WHERE id = $2::text) "
+                "AND NOT EXISTS (SELECT 1 FROM sessions WHERE session_key = $1::text) "
+                "ON CONFLICT (alias_key) DO NOTHING",
+                [(k, session_id) for k in keys],
+            )
 
     async def insert(self, session: Session) -> tuple[Session, bool]:
         async with self._acquire("insert") as db:

@@ -111,6 +111,8 @@ class SessionService:
         self._confirmed_at = clock.monotonic()  # when memory was last known to be current
         self._catchup_lock = asyncio.Lock()
         self._told_ageless = False  # the "cannot tell a token's age" warning, once per process
+        # Keys of tokens bound to a session (capture routes) -> the session's own key.
+        self._aliases: dict[str, str] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -258,9 +260,12 @@ class SessionService:
 
     async def _load(
         self, claims: Claims, need_state: bool, need_cutoff: bool, *, overwrite: bool = False
-    ) -> tuple[_State | None, CutoffEntry]:
+    ) -> tuple[str, _State | None, CutoffEntry]:
         """Read what memory lacks; install it unless a revocation raced the read.
 
+        Returns (the session's own key, its state, the user's cut-off entry): a token bound
+        to a session (``bind``) has a key of its own, and memory keeps the state under the
+        session's key, so a revocation of the session reaches every token bound to it.
         ``overwrite`` replaces what memory holds: used when memory may be stale, and safe
         because a revocation landing during the read changes the generation.
         """
@@ -270,18 +275,29 @@ class SessionService:
             cutoff = await self.store.get_cutoff(claims.user_id) if need_cutoff else None
             if generation != self._generation:
                 continue  # a revocation landed while we read: read again
-            state: _State | None = self._states.get(claims.session_key)
+            key = self._aliases.get(claims.session_key, claims.session_key)
+            if row is not None and row.session_key != claims.session_key:
+                key = self._remember_alias(claims.session_key, row.session_key)
+            state: _State | None = self._states.get(key)
             if need_state:
                 if row is not None:
-                    state = self._remember(claims.session_key, self._state_of(row), overwrite=overwrite)
+                    state = self._remember(key, self._state_of(row), overwrite=overwrite)
                 elif overwrite:
-                    self._states.pop(claims.session_key, None)
+                    self._states.pop(key, None)
                     state = None
             entry: CutoffEntry = self._cutoffs.get(claims.user_id, _MISSING)
             if need_cutoff:
                 entry = self._remember_cutoff(claims.user_id, cutoff, overwrite=overwrite)
-            return state, entry
+            return key, state, entry
         raise StoreUnavailable("session state kept changing during the read")
+
+    def _remember_alias(self, alias: str, key: str) -> str:
+        """Remember that tokens keyed ``alias`` belong to the session keyed ``key`` (a fact
+        that never changes, so it needs no generation check)."""
+        self._aliases[alias] = key
+        if len(self._aliases) > self._cache_size:
+            self._aliases.pop(next(iter(self._aliases)))
+        return key
 
     # ------------------------------------------------------------------ the check
 
@@ -308,7 +324,7 @@ class SessionService:
         only called to register a new session: working out the client's address and
         device costs more than the whole check of a known session.
         """
-        key = claims.session_key
+        key = self._aliases.get(claims.session_key, claims.session_key)
         now = self._clock.wall()
         state = self._states.get(key)
         if state is not None and not state.revoked and state.expires_at <= now:
@@ -321,9 +337,9 @@ class SessionService:
         if not self.fresh:
             # Revocations from other processes may not have reached memory (store and
             # Redis both unreachable): trust only the store, and deny if it cannot answer.
-            state, entry = await self._load(claims, True, True, overwrite=True)
+            key, state, entry = await self._load(claims, True, True, overwrite=True)
         elif state is None or isinstance(entry, _Missing):
-            state, entry = await self._load(claims, state is None, isinstance(entry, _Missing))
+            key, state, entry = await self._load(claims, state is None, isinstance(entry, _Missing))
         else:
             self._states.move_to_end(key)
 
@@ -400,6 +416,30 @@ class SessionService:
         if session.revoked_at is not None:
             raise SessionRejected("revoked")
         return session, created
+
+    # ------------------------------------------------------------------ tokens seen at issue
+
+    async def own_key(self, claims: Claims) -> str:
+        """The key of the session ``claims`` belongs to (its own, or the session it is bound to)."""
+        known = self._aliases.get(claims.session_key)
+        if known is not None:
+            return known
+        row = await self.store.get_by_key(claims.session_key)
+        return row.session_key if row is not None else claims.session_key
+
+    async def find(self, session_key: str) -> Session | None:
+        """The session a token key belongs to, from the store (own key or bound)."""
+        row = await self.store.get_by_key(session_key)
+        return self._with_pending(row) if row is not None else None
+
+    async def bind(self, session: Session, keys: Sequence[str], expires_at: float) -> None:
+        """Bind token keys to ``session`` (durably, for every process) and note activity:
+        tokens a refresh minted, and refresh tokens, belong to their login's session."""
+        keys = [k for k in keys if k != session.session_key]
+        await self.store.bind(session.id, keys)
+        for k in keys:
+            self._remember_alias(k, session.session_key)
+        self._note(session.id, self._clock.wall(), expires_at)
 
     # ------------------------------------------------------------------ reading
 

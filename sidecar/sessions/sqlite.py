@@ -69,6 +69,20 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
             "CREATE INDEX cutoffs_by_revision ON user_cutoffs (revision)",
         ),
     ),
+    (
+        3,
+        (
+            # Keys of tokens learned as they were issued (capture routes): a refresh token, and
+            # every access token a refresh minted, belong to the session of their login.
+            """
+            CREATE TABLE session_aliases (
+                alias_key  TEXT PRIMARY KEY,
+                session_id TEXT NOT NULL REFERENCES sessions (id) ON DELETE CASCADE
+            )
+            """,
+            "CREATE INDEX session_aliases_by_session ON session_aliases (session_id)",
+        ),
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -77,6 +91,7 @@ SCHEMA_VERSION = MIGRATIONS[-1][0]
 _DRIVER_ERRORS = (sqlite3.Error, ValueError)
 
 _COLUMNS = "id, session_key, user_id, created_at, last_seen, expires_at, revoked_at, ip_address, device, location"
+_ALIASED = ", ".join(f"s.{c.strip()}" for c in _COLUMNS.split(","))
 
 
 def _session(row: Iterable[Any]) -> Session:
@@ -198,8 +213,27 @@ class SqliteStore:
         return _session(rows[0]) if rows else None
 
     async def get_by_key(self, session_key: str) -> Session | None:
-        rows = await self._fetch(f"SELECT {_COLUMNS} FROM sessions WHERE session_key = ?", (session_key,))  # noqa: S608
+        rows = await self._fetch(
+            f"SELECT {_COLUMNS} FROM sessions WHERE session_key = ? "  # noqa: S608
+            f"UNION ALL SELECT {_ALIASED} FROM session_aliases a JOIN sessions s ON s.id = a.session_id "
+            "WHERE a.alias_key = ? LIMIT 1",
+            (session_key, session_key),
+        )
         return _session(rows[0]) if rows else None
+
+    async def bind(self, session_id: str, keys: Sequence[str]) -> None:
+        if not keys:
+            return
+        async with self._transaction() as db:
+            # A key bound before stays with its first session; a key that is some session's
+            # own key is not an alias of another.
+            await db.executemany(
+                "INSERT INTO session_aliases (alias_key, session_id) SELECT ?, ? "
+                "WHERE EXISTS (SELECT 1 FROM sessions WHERE id = ?) "
+                "AND NOT EXISTS (SELECT 1 FROM sessions WHERE session_key = ?) "
+                "ON CONFLICT (alias_key) DO NOTHING",
+                [(k, session_id, session_id, k) for k in keys],
+            )
 
     async def insert(self, session: Session) -> tuple[Session, bool]:
         async with self._transaction() as db:

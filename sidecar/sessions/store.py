@@ -1,4 +1,4 @@
-"""The async store protocol every backend implements (SQLite now, PostgreSQL next).
+"""The async store protocol every backend implements (SQLite and PostgreSQL).
 
 Backends convert their driver's errors into ``StoreUnavailable``. A write method returns
 only after its transaction is durably committed; that is what lets a revoke answer 204.
@@ -25,7 +25,18 @@ class SessionStore(Protocol):
 
     async def get(self, session_id: str) -> Session | None: ...
 
-    async def get_by_key(self, session_key: str) -> Session | None: ...
+    async def get_by_key(self, session_key: str) -> Session | None:
+        """The session whose own key is ``session_key``, or to which it is bound (``bind``)."""
+        ...
+
+    async def bind(self, session_id: str, keys: Sequence[str]) -> None:
+        """Bind token keys to an existing session, durably: tokens learned as they were
+        issued (a refresh token, a refreshed access token) belong to their login's session.
+
+        A key already bound, or that is a session's own key, keeps what it has; a session
+        that no longer exists binds nothing. Deleting a session deletes its bindings.
+        """
+        ...
 
     async def insert(self, session: Session) -> tuple[Session, bool]:
         """Insert, or return the row that already holds ``session.session_key``.

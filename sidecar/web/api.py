@@ -48,7 +48,9 @@ async def delete_other_sessions(request: web.Request) -> web.Response:
     _rate_limit(request)
     claims, current = await authenticate(request)
     services = request.app[SERVICES]
-    revoked = await services.sessions.revoke_user(claims.user_id, keep_session_key=claims.session_key)
+    # The caller's session by its own key: a token a refresh minted is bound to it.
+    keep = await services.sessions.own_key(claims)
+    revoked = await services.sessions.revoke_user(claims.user_id, keep_session_key=keep)
     services.metrics.revocations.labels("sessions", "others").inc()
     log.info(
         "All sessions deleted successfully: user %s revoked %d other session(s), kept %s",

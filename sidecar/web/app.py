@@ -11,7 +11,7 @@ from aiohttp import web
 from sidecar.clock import SystemClock
 from sidecar.config import Settings
 from sidecar.routes import RouteTable
-from sidecar.web import admin, api, health
+from sidecar.web import admin, api, capture, health
 from sidecar.web.envelope import error_middleware
 from sidecar.web.introspect import CHECK, Check
 from sidecar.web.keys import API_RATE, SERVICES
@@ -60,6 +60,7 @@ def create_app(settings: Settings, services: Services | None = None) -> web.Appl
     app.router.add_route("*", "/introspect", check.handle)
     app.router.add_route("*", r"/introspect/{tail:[\s\S]*}", check.handle)
     api.add_routes(app)
+    capture.add_routes(app, settings.capture)
     health.add_routes(app)
     add_openapi_routes(app)
     return app

@@ -748,3 +748,45 @@ def test_store_from_settings_without_asyncpg_names_the_extra(monkeypatch: pytest
     monkeypatch.setitem(sys.modules, "asyncpg", None)
     with pytest.raises(StoreUnavailable, match=r"pip install 'sidecar\[postgres\]'"):
         store_from_settings(StorageSettings(url="postgresql://db.internal/sessions"))
+
+
+async def test_bound_keys_read_back_their_session(store: SessionStore) -> None:
+    """A key bound to a session reads back that session by get_by_key, durably and idempotently."""
+    s = session(key="sha256:login")
+    await store.insert(s)
+    await store.bind(s.id, ["sha256:refreshed", "rt:refresh-token"])
+    await store.bind(s.id, ["sha256:refreshed"])  # again: no error, no change
+    assert await store.get_by_key("sha256:refreshed") == s
+    assert await store.get_by_key("rt:refresh-token") == s
+    assert await store.get_by_key(s.session_key) == s
+    assert await store.get_by_key("rt:never-bound") is None
+
+
+async def test_a_bound_key_keeps_its_first_session(store: SessionStore) -> None:
+    """Binding a key again to another session, or binding another session's own key, changes nothing."""
+    first, second = session(key="sid:first"), session(key="sid:second")
+    await store.insert(first)
+    await store.insert(second)
+    await store.bind(first.id, ["rt:shared"])
+    await store.bind(second.id, ["rt:shared", "sid:first"])
+    assert await store.get_by_key("rt:shared") == first
+    assert await store.get_by_key("sid:first") == first
+    await store.bind(str(uuid.uuid4()), ["rt:orphan"])  # no such session: nothing bound
+    assert await store.get_by_key("rt:orphan") is None
+
+
+async def test_bindings_follow_revocation_and_go_with_their_session(store: SessionStore) -> None:
+    """A bound key reads the session as revoked once it is, and is gone once cleanup deletes it."""
+    s = session(key="sha256:gone", expires=NOW - 10)
+    await store.insert(s)
+    await store.bind(s.id, ["rt:gone"])
+    await store.revoke(s.id, NOW - 1000)
+    bound = await store.get_by_key("rt:gone")
+    assert bound is not None and bound.revoked_at == NOW - 1000
+    assert await store.purge_sessions(NOW, NOW - 500, 10) == 1
+    assert await store.get_by_key("rt:gone") is None
+    # The key can be bound afresh to a new session afterwards.
+    again = session(key="sha256:again")
+    await store.insert(again)
+    await store.bind(again.id, ["rt:gone"])
+    assert await store.get_by_key("rt:gone") == again
