@@ -293,3 +293,48 @@ def test_refresh_keys_ignore_encoding_and_signature() -> None:
     assert refresh_key(jwt.encode({**claims, "sid": "s-1"}, "k" * 32, algorithm="HS256"), "sid") == "sid:s-1"
     assert refresh_key("opaque-refresh-token", "sid").startswith("rt:")
     assert refresh_key("opaque-refresh-token", "sid") != refresh_key("opaque-other", "sid")
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ({"event": "login", "upstream": "http://a:1", "access_token": "body:t"}, "capture[0].path: required"),
+        ({"path": "/login", "upstream": "http://a:1", "access_token": "body:t"}, "capture[0].event: required"),
+        ({"path": "/login", "event": "login", "access_token": "body:t"}, "capture[0].upstream: required"),
+        ({"path": "/login", "event": "signin", "upstream": "http://a:1"}, "capture[0].event: must be one of"),
+        ({"path": "/login/*", "event": "login", "upstream": "http://a:1", "access_token": "body:t"},
+         "capture[0].path: must be an exact"),
+        ({"path": "/introspect/x", "event": "login", "upstream": "http://a:1", "access_token": "body:t"},
+         "capture[0].path: /introspect/x is served by the sidecar"),
+        ({"path": "/api/v1/sessions", "event": "logout", "upstream": "http://a:1"}, "is served by the sidecar"),
+        ({"path": "/login", "event": "login", "upstream": "ftp://a", "access_token": "body:t"},
+         "capture[0].upstream: must be http"),
+        ({"path": "/login", "event": "login", "upstream": "http://a:1/auth", "access_token": "body:t"},
+         "capture[0].upstream: must be http"),
+        ({"path": "/login", "event": "login", "upstream": "http://a:1"}, "capture[0].access_token: required for login"),
+        ({"path": "/login", "event": "login", "upstream": "http://a:1", "access_token": "json:t"},
+         "capture[0].access_token: use body:"),
+        ({"path": "/out", "event": "logout", "upstream": "http://a:1", "access_token": "body:t"},
+         "capture[0].access_token: a logout answer carries no token"),
+        ({"path": "/login", "event": "login", "upstream": "http://a:1", "access_token": "body:t", "tls": True},
+         "capture[0].tls: unknown key"),
+    ],
+)
+def test_bad_capture_entries_stop_start_up_with_one_line(
+    tmp_path: Path, entry: dict[str, Any], message: str
+) -> None:
+    """Every mistake in a [[capture]] entry names the entry and the key."""
+    from sidecar.errors import ConfigError
+
+    with pytest.raises(ConfigError) as raised:
+        settings_for(tmp_path, capture=[entry])
+    assert message in str(raised.value)
+
+
+def test_a_path_captured_twice_is_refused(tmp_path: Path) -> None:
+    """Two entries for one path are a configuration error."""
+    from sidecar.errors import ConfigError
+
+    entry = {"path": "/login", "event": "login", "upstream": "http://a:1", "access_token": "body:t"}
+    with pytest.raises(ConfigError, match=r"capture\[1\].path: /login is captured twice"):
+        settings_for(tmp_path, capture=[entry, entry])
