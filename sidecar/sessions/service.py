@@ -34,7 +34,7 @@ from sidecar.clock import Clock
 from sidecar.config import Registration
 from sidecar.enrich.client_ip import IPAddress
 from sidecar.errors import SessionRejected, StoreUnavailable
-from sidecar.sessions.models import Cutoff, RevokedRef, Session, Touch
+from sidecar.sessions.models import Cutoff, ListPosition, RevokedRef, Session, Touch
 from sidecar.sessions.store import SessionStore
 from sidecar.tokens.claims import Claims
 
@@ -52,6 +52,14 @@ class ClientInfo:
 
     ip: IPAddress | None
     user_agent: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionPage:
+    """One page of a user's active sessions, and where the next one starts (None: last page)."""
+
+    sessions: tuple[Session, ...]
+    next: ListPosition | None
 
 
 @dataclass(slots=True)
@@ -408,8 +416,17 @@ class SessionService:
         return replace(s, last_seen=max(s.last_seen, a.last_seen), expires_at=max(s.expires_at, a.expires_at))
 
     async def list_active(self, user_id: str) -> list[Session]:
+        """All of the user's active sessions (unbounded: the APIs use ``list_page``)."""
         now = self._clock.wall()
         return [self._with_pending(s) for s in await self.store.list_active(user_id, now)]
+
+    async def list_page(self, user_id: str, *, limit: int, before: ListPosition | None = None) -> SessionPage:
+        """At most ``limit`` of the user's active sessions after ``before``, and where the
+        next page starts (None when this is the last)."""
+        rows = await self.store.list_active(user_id, self._clock.wall(), limit=limit + 1, before=before)
+        page = rows[:limit]
+        following = ListPosition.of(page[-1]) if len(rows) > limit else None
+        return SessionPage(tuple(self._with_pending(s) for s in page), following)
 
     async def get_active(self, session_id: str, user_id: str | None) -> Session | None:
         """The session if it exists, is active, and (when given) belongs to ``user_id``."""
