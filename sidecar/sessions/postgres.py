@@ -29,7 +29,7 @@ from typing import Any, Final, Protocol
 from urllib.parse import unquote, urlsplit
 
 from sidecar.errors import StoreUnavailable
-from sidecar.sessions.models import Changes, Cutoff, Session, Touch
+from sidecar.sessions.models import Changes, Cutoff, ListPosition, Session, Touch
 
 # Loaded at import, so ``store_from_settings`` can turn a missing optional dependency into
 # one clear line (``pip install 'sidecar[postgres]'``) before anything else runs.
@@ -384,13 +384,27 @@ class PostgresStore:
                 # The holder of the key was purged in between: try the insert again.
         raise StoreUnavailable("session key kept changing during insert")
 
-    async def list_active(self, user_id: str, now: float) -> list[Session]:
-        rows = await self._fetch(
-            f"SELECT {_COLUMNS} FROM sessions "  # noqa: S608
-            "WHERE user_id = $1 AND revoked_at IS NULL AND expires_at > $2 "
-            "ORDER BY created_at DESC, id",
-            user_id, now,
-        )
+    async def list_active(
+        self, user_id: str, now: float, *, limit: int | None = None, before: ListPosition | None = None
+    ) -> list[Session]:
+        # Keyset page, as in sqlite.py; LIMIT NULL is no limit. Two statements rather than
+        # "$3 IS NULL OR ...", so that a generic plan still bounds the range scan on
+        # sessions_by_user (user_id, created_at) with "created_at <= $3".
+        if before is None:
+            rows = await self._fetch(
+                f"SELECT {_COLUMNS} FROM sessions "  # noqa: S608
+                "WHERE user_id = $1 AND revoked_at IS NULL AND expires_at > $2 "
+                "ORDER BY created_at DESC, id LIMIT $3",
+                user_id, now, limit,
+            )
+        else:
+            rows = await self._fetch(
+                f"SELECT {_COLUMNS} FROM sessions "  # noqa: S608
+                "WHERE user_id = $1 AND revoked_at IS NULL AND expires_at > $2 "
+                "AND created_at <= $3 AND (created_at < $3 OR id > $4) "
+                "ORDER BY created_at DESC, id LIMIT $5",
+                user_id, now, before.created_at, before.id, limit,
+            )
         return [_session(r) for r in rows]
 
     async def count_active(self, now: float) -> int:

@@ -19,7 +19,7 @@ from typing import Any
 import aiosqlite
 
 from sidecar.errors import StoreUnavailable
-from sidecar.sessions.models import Changes, Cutoff, Session, Touch
+from sidecar.sessions.models import Changes, Cutoff, ListPosition, Session, Touch
 
 log = logging.getLogger(__name__)
 
@@ -255,12 +255,18 @@ class SqliteStore:
             raise StoreUnavailable("inserted session vanished")
         return _session(row), created
 
-    async def list_active(self, user_id: str, now: float) -> list[Session]:
+    async def list_active(
+        self, user_id: str, now: float, *, limit: int | None = None, before: ListPosition | None = None
+    ) -> list[Session]:
+        # Keyset page: after (created_at, id) in "created_at DESC, id" order. The plain
+        # "created_at <= ?" bounds the range scan on sessions_by_user (user_id, created_at).
+        after = "" if before is None else "AND created_at <= ? AND (created_at < ? OR id > ?) "
+        position: tuple[Any, ...] = () if before is None else (before.created_at, before.created_at, before.id)
         rows = await self._fetch(
-            f"SELECT {_COLUMNS} FROM sessions "  # noqa: S608
-            "WHERE user_id = ? AND revoked_at IS NULL AND expires_at > ? "
-            "ORDER BY created_at DESC, id",
-            (user_id, now),
+            f"SELECT {_COLUMNS} FROM sessions "  # noqa: S608 (constant column list and clauses)
+            f"WHERE user_id = ? AND revoked_at IS NULL AND expires_at > ? {after}"
+            "ORDER BY created_at DESC, id LIMIT ?",
+            (user_id, now, *position, -1 if limit is None else limit),
         )
         return [_session(r) for r in rows]
 

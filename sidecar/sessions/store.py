@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from sidecar.sessions.models import Changes, Cutoff, Session, Touch
+from sidecar.sessions.models import Changes, Cutoff, ListPosition, Session, Touch
 
 
 class SessionStore(Protocol):
@@ -45,8 +45,16 @@ class SessionStore(Protocol):
         """
         ...
 
-    async def list_active(self, user_id: str, now: float) -> list[Session]:
-        """The user's sessions that are neither revoked nor expired, newest login first."""
+    async def list_active(
+        self, user_id: str, now: float, *, limit: int | None = None, before: ListPosition | None = None
+    ) -> list[Session]:
+        """The user's sessions that are neither revoked nor expired, newest login first
+        (``created_at`` descending, ties by ``id`` ascending).
+
+        ``limit`` caps how many (None: all). ``before`` continues a listing: only sessions
+        after that position in this order, compared by value, so a session added or
+        revoked between two calls never shifts another one across the boundary.
+        """
         ...
 
     async def count_active(self, now: float) -> int:

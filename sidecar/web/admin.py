@@ -16,8 +16,9 @@ from sidecar.errors import InvalidToken, SessionRejected
 from sidecar.sessions.service import ClientInfo
 from sidecar.web import audit
 from sidecar.web.api import NOT_FOUND, session_id_from
-from sidecar.web.envelope import ApiError, session_json, success
+from sidecar.web.envelope import ApiError, page, session_json, success
 from sidecar.web.keys import ADMIN_ACTOR, SERVICES
+from sidecar.web.paging import next_cursor, page_params
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +102,10 @@ async def register_session(request: web.Request) -> web.Response:
 
 async def list_user_sessions(request: web.Request) -> web.Response:
     user_id = _user_id(request)
-    sessions = await request.app[SERVICES].sessions.list_active(user_id)
-    return success("Sessions retrieved successfully", [session_json(s, with_user=True) for s in sessions])
+    limit, before = page_params(request)
+    found = await request.app[SERVICES].sessions.list_page(user_id, limit=limit, before=before)
+    data = [session_json(s, with_user=True) for s in found.sessions]
+    return page("Sessions retrieved successfully", data, next_cursor(found.next))
 
 
 async def revoke_user(request: web.Request) -> web.Response:

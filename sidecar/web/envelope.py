@@ -38,6 +38,15 @@ def success(message: str, data: Any, status: int = 200) -> web.Response:
     )
 
 
+def page(message: str, data: list[Any], next_cursor: str | None) -> web.Response:
+    """A success envelope for one page of a listing: ``next`` is the cursor of the next
+    page (``?before=``), null on the last, so a client that only reads ``data`` gets page one."""
+    return web.json_response(
+        {"status": "success", "status_code": 200, "message": message, "data": data, "next": next_cursor},
+        headers={"Cache-Control": "no-store"},
+    )
+
+
 def error(status: int, message: str, headers: Mapping[str, str] | None = None) -> web.Response:
     return web.json_response(
         {"status": "error", "status_code": status, "message": message, "data": {}},
