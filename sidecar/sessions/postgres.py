@@ -365,6 +365,14 @@ class PostgresStore:
 
     async def insert(self, session: Session) -> tuple[Session, bool]:
         async with self._acquire("insert") as db:
+            # A key bound to a session (a token learned at issue) is that session's.
+            bound = await db.fetchrow(
+                f"SELECT {_ALIASED} FROM session_aliases a JOIN sessions s ON s.id = a.session_id "  # noqa: S608
+                "WHERE a.alias_key = $1",
+                session.session_key,
+            )
+            if bound is not None:
+                return _session(bound), False
             for _ in range(_INSERT_ATTEMPTS):
                 # One autocommitted statement: durable when it returns. A concurrent insert
                 # of the same key waits on the unique index and then does nothing.

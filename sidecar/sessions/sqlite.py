@@ -237,6 +237,15 @@ class SqliteStore:
 
     async def insert(self, session: Session) -> tuple[Session, bool]:
         async with self._transaction() as db:
+            # A key bound to a session (a token learned at issue) is that session's.
+            async with db.execute(
+                f"SELECT {_ALIASED} FROM session_aliases a JOIN sessions s ON s.id = a.session_id "  # noqa: S608
+                "WHERE a.alias_key = ?",
+                (session.session_key,),
+            ) as sel:
+                bound = await sel.fetchone()
+            if bound is not None:
+                return _session(bound), False
             cur = await db.execute(
                 f"INSERT INTO sessions ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "  # noqa: S608
                 "ON CONFLICT (session_key) DO NOTHING",

@@ -39,7 +39,8 @@ class SessionStore(Protocol):
         ...
 
     async def insert(self, session: Session) -> tuple[Session, bool]:
-        """Insert, or return the row that already holds ``session.session_key``.
+        """Insert, or return the row that already holds ``session.session_key`` (as its own
+        key or bound to it).
 
         Returns (row, created). Concurrent inserts of one key yield one row.
         """

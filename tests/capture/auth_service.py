@@ -16,7 +16,7 @@ from typing import Any
 import jwt
 from aiohttp import web
 
-from tests.conftest import SECRET
+SECRET = "test-secret-for-hs256-that-is-long-enough-0123456789"  # tests.conftest.SECRET; runs as a script too
 
 ACCESS_SECONDS = 30 * 60
 REFRESH_SECONDS = 7 * 86400
@@ -77,6 +77,10 @@ def create_app() -> web.Application:
         response.headers.add("Set-Cookie", "refresh_token=; Max-Age=0; Path=/")
         return response
 
+    async def me(request: web.Request) -> web.Response:
+        # A protected route: behind the gateway, the identity is the sidecar's header.
+        return web.json_response({"user_id": request.headers.get("X-Auth-User")})
+
     async def slow(request: web.Request) -> web.Response:
         await asyncio.sleep(5)
         return web.json_response({"access_token": "never"})
@@ -87,6 +91,29 @@ def create_app() -> web.Application:
     app.router.add_post("/api/v1/auth/login", login)
     app.router.add_post("/api/v1/auth/refresh-access-token", refresh)
     app.router.add_post("/api/v1/auth/logout", logout)
+    app.router.add_get("/api/v1/users/me", me)
     app.router.add_post("/api/v1/auth/slow", slow)
     app.router.add_post("/api/v1/auth/tokenless", tokenless)
     return app
+
+
+def main() -> None:
+    """Serve on 127.0.0.1:<port> as a process of its own (the gateway tests run it so)."""
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+
+    async def serve() -> None:
+        runner = web.AppRunner(create_app())
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", args.port).start()
+        print("auth_service: ready", flush=True)
+        await asyncio.Event().wait()
+
+    asyncio.run(serve())
+
+
+if __name__ == "__main__":
+    main()

@@ -152,12 +152,15 @@ def running(
     workdir: Path,
     ready: Callable[[Service], bool],
     timeout: float = STARTUP_TIMEOUT,
+    *,
+    env: Mapping[str, str] | None = None,
 ) -> Iterator[Service]:
     """Start ``argv``, wait until ``ready(service)``, yield it, always stop it."""
     log = workdir / f"{name}.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd=workdir
+            argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd=workdir,
+            env=None if env is None else {**os.environ, **env},
         )
     service = Service(name, proc, log)
     try:

@@ -877,3 +877,12 @@ async def test_bindings_follow_revocation_and_go_with_their_session(store: Sessi
     await store.insert(again)
     await store.bind(again.id, ["rt:gone"])
     assert await store.get_by_key("rt:gone") == again
+
+
+async def test_inserting_a_bound_key_returns_its_session(store: SessionStore) -> None:
+    """A new session whose key is already bound to another is that session, not a second row."""
+    s = session(key="sid:login")
+    await store.insert(s)
+    await store.bind(s.id, ["sha256:refreshed"])
+    row, created = await store.insert(session(key="sha256:refreshed"))
+    assert not created and row == s
