@@ -80,6 +80,18 @@ class Capture:
         """The session a presented refresh token was bound to (or belongs to by its sid)."""
         return await self._sessions.find(refresh_key(refresh, self._session_claim))
 
+    async def refused(self, session: Session) -> str | None:
+        """Why a refresh of ``session`` must not reach the auth service, or None.
+
+        Revoked, or begun before the user's cut-off without being the session that asked
+        for it (a "log out others" or "revoke user" that this session's row missed)."""
+        if session.revoked_at is not None:
+            return "revoked"
+        cutoff = await self._sessions.store.get_cutoff(session.user_id)
+        if cutoff is not None and cutoff.refuses(session.session_key, session.created_at):
+            return "cut_off"
+        return None
+
     async def refreshed(
         self, session: Session | None, access: str, refresh: str | None, client: ClientInfo
     ) -> Session | None:

@@ -101,11 +101,12 @@ def handler(route: CaptureRoute) -> Callable[[web.Request], Coroutine[Any, Any, 
         if route.event == "refresh" and presented_refresh is not None:
             try:
                 session = await learn.session_of_refresh(presented_refresh)
+                why = await learn.refused(session) if session is not None else None
             except StoreUnavailable as e:
                 log.error("capture: refresh refused, session state unknown: %s", e)
                 return error(503, "Session store unavailable, try again", {"Retry-After": "1"})
-            if session is not None and session.revoked_at is not None:
-                log.info("capture: refresh refused: session %s of user %s is revoked", session.id, session.user_id)
+            if session is not None and why is not None:
+                log.info("capture: refresh refused (%s): session %s of user %s", why, session.id, session.user_id)
                 return error(401, "Session revoked", {"WWW-Authenticate": 'Bearer error="invalid_token"'})
 
         headers = _forwardable(request.headers)
