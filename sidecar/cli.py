@@ -46,6 +46,12 @@ def cmd_check_config(settings: Settings, path: str) -> int:
     admin = f"http://{s.admin.host}:{s.admin.port}" if s.admin.enabled else "disabled"
     print(f"  admin       {admin}")
     print(f"  geoip       {s.geoip.database or 'none (locations read Unknown)'}")
+    if not s.server.trusted_proxies:
+        print(
+            "sidecar: warning: server.trusted_proxies is empty: the sessions API rate limit is per client IP; "
+            "behind a gateway with no trusted proxy every user shares one bucket",
+            file=sys.stderr,
+        )
     return 0
 
 

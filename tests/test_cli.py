@@ -170,6 +170,22 @@ def test_check_config_ok_and_bad(tmp_path: Path) -> None:
     assert result.stderr.strip() == "sidecar: error: jwt.secret: HS256 needs a secret of at least 32 bytes (got 5)"
 
 
+def test_check_config_warns_when_no_proxy_is_trusted(tmp_path: Path) -> None:
+    """check-config warns that the API rate limit is one shared bucket when server.trusted_proxies is empty."""
+    warning = (
+        "sidecar: warning: server.trusted_proxies is empty: the sessions API rate limit is per client IP; "
+        "behind a gateway with no trusted proxy every user shares one bucket"
+    )
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[jwt]\nalgorithms = ["HS256"]\nsecret = "{SECRET}"\n')
+    result = sidecar("check-config", "--config", str(cfg))
+    assert result.returncode == 0, result.stderr
+    assert warning in result.stderr.splitlines()
+    trusted = sidecar("check-config", "--config", str(write_config(tmp_path, free_port(), free_port())))
+    assert trusted.returncode == 0, trusted.stderr
+    assert "warning" not in trusted.stderr
+
+
 def test_serve_refuses_bad_config_with_one_line(tmp_path: Path) -> None:
     """serve with an unknown key exits 2 with one line and never listens."""
     bad = tmp_path / "bad.toml"
