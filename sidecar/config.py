@@ -48,6 +48,9 @@ class ServerSettings:
     access_log: bool = False
     max_concurrent_checks: int = 1000
     api_rate_limit_per_minute: int = 120
+    header_timeout_seconds: float = 10.0
+    keepalive_timeout_seconds: float = 75.0
+    max_connections: int = 10_000
 
 
 @dataclass(frozen=True)
@@ -367,6 +370,9 @@ def _server(s: _Section) -> ServerSettings:
         access_log=s.get("access_log", bool, False),
         max_concurrent_checks=s.integer("max_concurrent_checks", 1000, minimum=0, maximum=1_000_000),
         api_rate_limit_per_minute=s.integer("api_rate_limit_per_minute", 120, minimum=0, maximum=1_000_000),
+        header_timeout_seconds=s.number("header_timeout_seconds", 10.0, minimum=0.1, maximum=600),
+        keepalive_timeout_seconds=s.number("keepalive_timeout_seconds", 75.0, minimum=0.1, maximum=3600),
+        max_connections=s.integer("max_connections", 10_000, minimum=1, maximum=1_000_000),
     ))
 
 

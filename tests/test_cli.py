@@ -194,6 +194,21 @@ def test_check_config_says_what_the_token_shape_costs(tmp_path: Path) -> None:
     assert "public    *            /api/v1/auth/*" in out
     assert "optional  GET,HEAD     /api/v1/posts" in out
 
+def test_check_config_warns_when_no_proxy_is_trusted(tmp_path: Path) -> None:
+    """check-config warns that the API rate limit is one shared bucket when server.trusted_proxies is empty."""
+    warning = (
+        "sidecar: warning: server.trusted_proxies is empty: the sessions API rate limit is per client IP; "
+        "behind a gateway with no trusted proxy every user shares one bucket"
+    )
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[jwt]\nalgorithms = ["HS256"]\nsecret = "{SECRET}"\n')
+    result = sidecar("check-config", "--config", str(cfg))
+    assert result.returncode == 0, result.stderr
+    assert warning in result.stderr.splitlines()
+    trusted = sidecar("check-config", "--config", str(write_config(tmp_path, free_port(), free_port())))
+    assert trusted.returncode == 0, trusted.stderr
+    assert "warning" not in trusted.stderr
+
 
 def test_serve_refuses_bad_config_with_one_line(tmp_path: Path) -> None:
     """serve with an unknown key exits 2 with one line and never listens."""

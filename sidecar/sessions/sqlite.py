@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sqlite3
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
@@ -94,6 +95,24 @@ _COLUMNS = "id, session_key, user_id, created_at, last_seen, expires_at, revoked
 _ALIASED = ", ".join(f"s.{c.strip()}" for c in _COLUMNS.split(","))
 
 
+def _create_private(path: Path) -> None:
+    """Create the database file for its owner only (0600) unless it exists.
+
+    SQLite would create it with the umask's mode (0644 under the usual 022: every local user
+    could read who is logged in from where) and gives the -wal and -shm files the mode of
+    the main file, so creating that one first makes all three private. An existing file is
+    the operator's: it is left as it is, with a warning when others can read it.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        mode = path.stat().st_mode
+        if mode & 0o077:
+            log.warning("sqlite: %s is accessible to group or others (mode %o); chmod 600 it", path, mode & 0o777)
+        return
+    os.close(fd)
+
+
 def _session(row: Iterable[Any]) -> Session:
     return Session(*row)
 
@@ -123,6 +142,7 @@ class SqliteStore:
     async def open(self) -> None:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            _create_private(self.path)
             self._writer = await self._connect()
             async with self._writer.execute("PRAGMA journal_mode = WAL") as cur:
                 row = await cur.fetchone()

@@ -16,6 +16,7 @@ from sidecar.web.envelope import error_middleware
 from sidecar.web.introspect import CHECK, Check
 from sidecar.web.keys import API_RATE, SERVICES
 from sidecar.web.limits import InFlight, RateLimiter
+from sidecar.web.listener import server_logger
 from sidecar.web.openapi import add_openapi_routes
 from sidecar.web.services import Services, open_services
 
@@ -25,14 +26,23 @@ MAX_LINE_SIZE = 16 * 1024
 MAX_FIELD_SIZE = 16 * 1024
 
 
-def runner_kwargs(settings: Settings) -> dict[str, Any]:
-    """What every AppRunner of the sidecar is built with (the CLI and the tests alike)."""
+def handler_kwargs(settings: Settings) -> dict[str, Any]:
+    """What every connection's aiohttp RequestHandler is built with."""
     return {
         "access_log": logging.getLogger("sidecar.access") if settings.server.access_log else None,
-        "shutdown_timeout": settings.server.shutdown_timeout_seconds,
         "max_line_size": MAX_LINE_SIZE,
         "max_field_size": MAX_FIELD_SIZE,
+        # Parser errors quote the request's bytes (a token, an admin key): one line instead.
+        "logger": server_logger(),
+        # Idle keep-alive connections (and requests part-sent after the first) are closed
+        # this long after their last response.
+        "keepalive_timeout": settings.server.keepalive_timeout_seconds,
     }
+
+
+def runner_kwargs(settings: Settings) -> dict[str, Any]:
+    """What every AppRunner of the sidecar is built with (the CLI and the tests alike)."""
+    return {**handler_kwargs(settings), "shutdown_timeout": settings.server.shutdown_timeout_seconds}
 
 
 def create_app(settings: Settings, services: Services | None = None) -> web.Application:

@@ -72,7 +72,7 @@ async def test_register_session_then_list_it(tmp_path: object, start_sidecar: ob
         (b'{"token": "x.y.z"}', 422, "Token is not valid"),
         (b'{"token": "TOKEN", "ip_address": "999.1.1.1"}', 400, "Field 'ip_address' must be an IP address"),
         (b'{"token": "TOKEN", "ip_address": 5}', 400, "Field 'ip_address' must be an IP address"),
-        (b'{"token": "TOKEN", "user_agent": ["x"]}', 400, "Field 'user_agent' must be a string of at most 4096 characters"),
+        (b'{"token": "TOKEN", "user_agent": ["x"]}', 400, "Field 'user_agent' must be a string of at most 4096 characters without control characters"),
     ],
 )
 async def test_register_rejects_bad_bodies(sidecar: Sidecar, body: bytes, status: int, message: str) -> None:
