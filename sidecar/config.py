@@ -24,14 +24,10 @@ from urllib.parse import parse_qs, urlsplit
 from sidecar.capture.places import EVENTS, CaptureRoute, TokenPlace, parse_place
 from sidecar.errors import ConfigError
 from sidecar.routes import POLICIES, Route, parse_route_path
+from sidecar.tokens.algorithms import HMAC_ALGORITHMS, SUPPORTED_ALGORITHMS
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-HMAC_ALGORITHMS = {"HS256": 32, "HS384": 48, "HS512": 64}
-RSA_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"})
-EC_ALGORITHMS = frozenset({"ES256", "ES384", "ES512"})
-OKP_ALGORITHMS = frozenset({"EdDSA"})
-SUPPORTED_ALGORITHMS = frozenset(HMAC_ALGORITHMS) | RSA_ALGORITHMS | EC_ALGORITHMS | OKP_ALGORITHMS
 # Identity headers the check always sets; claim_headers may not reuse them.
 RESERVED_HEADERS = frozenset({"x-auth-user", "x-auth-session"})
 

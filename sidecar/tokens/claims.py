@@ -8,10 +8,12 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sidecar.config import JwtSettings
 from sidecar.errors import InvalidToken
+
+if TYPE_CHECKING:  # the settings type only: sidecar.config itself imports token policy
+    from sidecar.config import JwtSettings
 
 # Identifiers end up in HTTP headers, SQL rows and Redis messages. OpenID Connect Core
 # section 2 limits "sub" to 255 ASCII characters; we hold every identifier to visible

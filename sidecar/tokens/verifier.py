@@ -5,14 +5,17 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import OrderedDict
+from typing import TYPE_CHECKING
 
 from sidecar.clock import Clock
-from sidecar.config import JwtSettings
 from sidecar.errors import InvalidToken
 from sidecar.tokens.claims import Claims, read_claims
 from sidecar.tokens.jwks import JwksKeys
 from sidecar.tokens.keys import VerificationKey, static_keys
 from sidecar.tokens.parse import parse_compact
+
+if TYPE_CHECKING:  # the settings type only: sidecar.config itself imports token policy
+    from sidecar.config import JwtSettings
 
 log = logging.getLogger(__name__)
 
