@@ -82,9 +82,13 @@ class Endpoint:
         return cls(parts.scheme, parts.hostname, port or default, parts.path.rstrip("/"))
 
     @property
-    def url(self) -> str:
+    def origin(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.scheme}://{host}:{self.port}{self.prefix}"
+        return f"{self.scheme}://{host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return self.origin + self.prefix
 
 
 @dataclass(frozen=True, slots=True)

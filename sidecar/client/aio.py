@@ -119,7 +119,7 @@ class AsyncSidecarAdmin:
 
     async def _send(self, request: Request) -> Answer:
         http = self._session()
-        url = URL(self._base + request.target, encoded=True)
+        url = URL(self._protocol.endpoint.origin + request.target, encoded=True)  # as built: no re-quoting
         # aiohttp itself retries GET and DELETE once when a kept-alive connection turns out
         # closed; registration is idempotent on the sidecar (200 "already registered"), so
         # the POST gets the same single retry here.
