@@ -341,6 +341,31 @@ def test_user_id_is_percent_encoded_in_the_path(served: Served, admin: Admin) ->
     assert served.introspect(token) == 401
 
 
+def test_blocking_client_is_shared_safely_between_threads(served: Served) -> None:
+    """One SidecarAdmin used by eight threads at once answers every call correctly, on at most eight connections."""
+    user = new_user()
+    with SidecarAdmin(served.admin_url, ADMIN_KEY) as admin:
+        ids = {admin.register(token_for(served, user)).session.id for _ in range(3)}
+        results: list[set[str]] = []
+        errors: list[BaseException] = []
+
+        def work() -> None:
+            try:
+                for _ in range(10):
+                    results.append({s.id for s in admin.list_user_sessions(user)})
+            except BaseException as e:
+                errors.append(e)
+
+        threads = [threading.Thread(target=work) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        assert errors == []
+        assert results == [ids] * 80
+        assert len(admin._idle) <= 8
+
+
 # ---------------------------------------------------------------------- local checks and faults, no server needed
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import ipaddress
+import os
 import threading
 import uuid
 from types import TracebackType
@@ -44,6 +45,7 @@ class SidecarAdmin:
         self._max_idle = max_idle_connections
         self._lock = threading.Lock()
         self._idle: list[http.client.HTTPConnection] = []
+        self._pid = os.getpid()
         self._closed = False
 
     def __repr__(self) -> str:
@@ -116,6 +118,11 @@ class SidecarAdmin:
         with self._lock:
             if self._closed:
                 raise RuntimeError("SidecarAdmin is closed")
+            if self._pid != os.getpid():
+                # Forked (a pre-forking server imported us): the parent's sockets are not ours to share.
+                self._pid, inherited, self._idle = os.getpid(), self._idle, []
+                for conn in inherited:
+                    conn.close()  # closes this process's copy only; the parent's connection lives on
             if self._idle:
                 return self._idle.pop(), True
         return self._new_connection(), False
