@@ -20,6 +20,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
@@ -199,10 +200,21 @@ def admin(served: Served, make_admin: MakeAdmin) -> Admin:
 
 
 def assert_secret_free(error: BaseException, *secrets: str) -> None:
-    """Neither str() nor repr() of the error shows the token or the admin key."""
-    for text in (str(error), repr(error)):
-        for secret in (ADMIN_KEY, *secrets):
-            assert secret not in text
+    """Neither str() nor repr() of the error, nor of what it was raised from, shows the admin key or a secret."""
+    seen: BaseException | None = error
+    while seen is not None:
+        for text in (str(seen), repr(seen)):
+            for secret in (ADMIN_KEY, *secrets):
+                assert secret not in text
+        seen = seen.__cause__ or seen.__context__
+
+
+@contextmanager
+def raises_clean(expected: type[BaseException], *secrets: str) -> Iterator[pytest.ExceptionInfo[Any]]:
+    """pytest.raises, and the error raised must not show the admin key or the given secrets."""
+    with pytest.raises(expected) as caught:
+        yield caught
+    assert_secret_free(caught.value, *secrets)
 
 
 # ---------------------------------------------------------------------- the behaviour, through the real server
@@ -270,18 +282,15 @@ def test_register_after_revoke_is_refused(served: Served, admin: Admin) -> None:
     """Registering a revoked session, or a token older than the user's cut-off, raises SessionRevoked (409)."""
     user = new_user()
     token = token_for(served, user)
-    admin.register(token)
-    admin.revoke_session(admin.register(token).session.id)
-    with pytest.raises(SessionRevoked) as caught:
+    assert admin.revoke_session(admin.register(token).session.id)
+    with raises_clean(SessionRevoked, token) as caught:
         admin.register(token)
     assert caught.value.status == 409
-    assert_secret_free(caught.value, token)
 
     older = token_for(served, user, issued_ago=10)  # issued before the cut-off, never seen
     admin.revoke_user(user)
-    with pytest.raises(SessionRevoked) as caught:
+    with raises_clean(SessionRevoked, older) as caught:
         admin.register(older)
-    assert_secret_free(caught.value, older)
 
 
 @pytest.mark.parametrize("forge", ["wrong_key", "expired", "garbage"])
@@ -295,18 +304,17 @@ def test_invalid_token_is_rejected_and_not_repeated(served: Served, admin: Admin
         token = token_for(served, user, issued_ago=7200)
     else:
         token = "not.a.jwt-" + uuid.uuid4().hex
-    with pytest.raises(TokenRejected) as caught:
+    with raises_clean(TokenRejected, token) as caught:
         admin.register(token)
     assert caught.value.status == 422
     assert caught.value.message == "Token is not valid"
-    assert_secret_free(caught.value, token)
 
 
 @pytest.mark.parametrize("served", ["bare"], indirect=True)
 def test_refresh_token_is_rejected(served: Served, admin: Admin) -> None:
     """With a token type configured, a refresh token cannot register a session."""
     token = jwt.encode({"user_id": new_user(), "exp": int(time.time()) + 60, "type": "refresh"}, SECRET, "HS256")
-    with pytest.raises(TokenRejected):
+    with raises_clean(TokenRejected, token):
         admin.register(token)
 
 
@@ -322,11 +330,10 @@ def test_wrong_admin_key_is_refused(served: Served, make_admin: MakeAdmin) -> No
         lambda: admin.list_user_sessions("alice"),
     ]
     for call in calls:
-        with pytest.raises(AdminKeyRefused) as caught:
+        with raises_clean(AdminKeyRefused, wrong_key, token) as caught:
             call()
         assert caught.value.status == 401
         assert "admin API key" in str(caught.value)
-        assert_secret_free(caught.value, wrong_key, token)
     assert served.introspect(token) == 401  # nothing was registered
 
 
@@ -373,7 +380,7 @@ def test_blocking_client_is_shared_safely_between_threads(served: Served) -> Non
 def test_bad_session_id_fails_before_any_request(make_admin: MakeAdmin, session_id: str) -> None:
     """A session id that is not a UUID raises BadRequest locally: against a dead port it never gets to fail the connection."""
     admin = make_admin(f"http://127.0.0.1:{free_port()}")
-    with pytest.raises(BadRequest) as caught:
+    with raises_clean(BadRequest) as caught:
         admin.revoke_session(session_id)
     assert caught.value.status is None
 
@@ -382,9 +389,9 @@ def test_bad_session_id_fails_before_any_request(make_admin: MakeAdmin, session_
 def test_bad_user_id_fails_before_any_request(make_admin: MakeAdmin, user_id: str) -> None:
     """A user id that is not 1..255 visible ASCII (or is a dot segment) raises BadRequest without a request."""
     admin = make_admin(f"http://127.0.0.1:{free_port()}")
-    with pytest.raises(BadRequest):
+    with raises_clean(BadRequest):
         admin.revoke_user(user_id)
-    with pytest.raises(BadRequest):
+    with raises_clean(BadRequest):
         admin.list_user_sessions(user_id)
 
 
@@ -392,20 +399,18 @@ def test_bad_ip_address_fails_before_any_request(make_admin: MakeAdmin) -> None:
     """An ip_address that is not an IP address raises BadRequest without a request, and without the token."""
     admin = make_admin(f"http://127.0.0.1:{free_port()}")
     token = mint("alice")
-    with pytest.raises(BadRequest) as caught:
+    with raises_clean(BadRequest, token):
         admin.register(token, ip_address="not-an-ip")
-    assert_secret_free(caught.value, token)
 
 
 def test_sidecar_down_is_unavailable(make_admin: MakeAdmin) -> None:
     """Nothing listening on the port: SidecarUnavailable, with no status and without the token or the key."""
     admin = make_admin(f"http://127.0.0.1:{free_port()}")
     token = mint("alice")
-    with pytest.raises(SidecarUnavailable) as caught:
+    with raises_clean(SidecarUnavailable, token) as caught:
         admin.register(token)
     assert caught.value.status is None
-    assert_secret_free(caught.value, token)
-    with pytest.raises(SidecarUnavailable):
+    with raises_clean(SidecarUnavailable):
         admin.list_user_sessions("alice")
 
 
@@ -417,10 +422,9 @@ def test_hung_server_is_unavailable_within_the_timeout(make_admin: MakeAdmin) ->
         hung.listen(8)  # the kernel completes the handshake; nobody ever reads or answers
         admin = make_admin(f"http://127.0.0.1:{hung.getsockname()[1]}", timeout=0.5)
         token = mint("alice")
-        with pytest.raises(SidecarUnavailable) as caught:
+        with raises_clean(SidecarUnavailable, token):
             admin.register(token)
-        assert_secret_free(caught.value, token)
-        with pytest.raises(SidecarUnavailable):
+        with raises_clean(SidecarUnavailable):
             admin.revoke_user("alice")
         admin.close()
 
@@ -444,10 +448,10 @@ def test_repr_of_clients_and_requests_hides_the_key_and_token() -> None:
 )
 def test_bad_base_url_is_refused_at_construction(base_url: str) -> None:
     """A base URL that is not plain http(s) with a host (no credentials, no query) is a ValueError at once."""
-    with pytest.raises(ValueError, match="base_url"):
-        SidecarAdmin(base_url, ADMIN_KEY)
-    with pytest.raises(ValueError, match="base_url"):
-        AsyncSidecarAdmin(base_url, ADMIN_KEY)
+    for client in (SidecarAdmin, AsyncSidecarAdmin):
+        with pytest.raises(ValueError, match="base_url") as caught:
+            client(base_url, ADMIN_KEY)
+        assert_secret_free(caught.value, "pw")
 
 
 def test_client_imports_nothing_of_the_server() -> None:
@@ -547,7 +551,7 @@ def test_list_follows_the_next_cursor(fake: Any, make_admin: MakeAdmin) -> None:
 def test_a_cursor_that_does_not_advance_is_unavailable(fake: Any, make_admin: MakeAdmin) -> None:
     """A sidecar that hands back a cursor it gave before makes the list fail instead of looping forever."""
     server = fake(lambda method, target: (200, envelope([session_json(1)], next="same"), False))
-    with pytest.raises(SidecarUnavailable):
+    with raises_clean(SidecarUnavailable):
         make_admin(server.url).list_user_sessions("alice")
     assert len(server.seen) == 2
 
@@ -574,19 +578,18 @@ def test_unusable_answers_become_typed_errors(
     admin = make_admin(server.url)
     token = mint("alice")
     for call in (lambda: admin.register(token), lambda: admin.list_user_sessions("alice")):
-        with pytest.raises(SidecarClientError) as caught:
+        with raises_clean(error, token) as caught:
             call()
         assert type(caught.value) is error
         assert caught.value.status == status
         if message is not None:
             assert caught.value.message == message
-        assert_secret_free(caught.value, token)
 
 
 def test_unknown_route_404_on_revoke_session_is_an_error_not_false(fake: Any, make_admin: MakeAdmin) -> None:
     """Only the sidecar's own "Session not found" makes revoke_session False; a 404 from a wrong base path raises."""
     server = fake(lambda method, target: (404, envelope({}, 404, "Not found"), False))
-    with pytest.raises(SidecarClientError) as caught:
+    with raises_clean(SidecarClientError) as caught:
         make_admin(server.url).revoke_session(uuid.uuid4())
     assert caught.value.status == 404
 
