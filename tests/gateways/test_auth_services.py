@@ -23,6 +23,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
@@ -40,8 +41,10 @@ from tests.gateways.support import (
     Sidecar,
     Upstream,
     free_ports,
+    rewrite_ports,
     run_nginx,
     run_sidecar,
+    run_sidecar_config,
     run_uvicorn_app,
 )
 
@@ -103,6 +106,54 @@ def boilerplate_gateway(
     """The shipped contrib/nginx configuration, unchanged, in front of the boilerplate."""
     workdir = tmp_path_factory.mktemp("boilerplate-nginx")
     with run_nginx(workdir, boilerplate_app.port, boilerplate_sidecar.port) as gateway:
+        yield gateway
+
+
+@pytest.fixture(scope="module")
+def example_ports() -> tuple[int, int, int]:
+    """(app, sidecar public, sidecar admin) ports for the contrib/fastapi example."""
+    app, public, admin = free_ports(3)
+    return app, public, admin
+
+
+@pytest.fixture(scope="module")
+def example_sidecar(
+    tmp_path_factory: pytest.TempPathFactory, example_ports: tuple[int, int, int]
+) -> Iterator[Sidecar]:
+    """The sidecar with contrib/fastapi/sidecar.toml as shipped, only its ports rewritten."""
+    workdir = tmp_path_factory.mktemp("example-sidecar")
+    _, public, admin = example_ports
+    text = rewrite_ports((EXAMPLE / "sidecar.toml").read_text(), {8080: public, 8081: admin})
+    env = {"JWT_SECRET": SECRET, "SIDECAR_ADMIN_KEY": ADMIN_KEY}
+    with run_sidecar_config(workdir, text, public, env=env) as sidecar:
+        yield sidecar
+
+
+@pytest.fixture(scope="module")
+def example_app(
+    tmp_path_factory: pytest.TempPathFactory, example_ports: tuple[int, int, int], example_sidecar: Sidecar
+) -> Iterator[Upstream]:
+    """contrib/fastapi/app.py, configured by its environment variables."""
+    workdir = tmp_path_factory.mktemp("example-app")
+    port, _, admin = example_ports
+    env = {
+        "JWT_SECRET": SECRET,
+        "SIDECAR_ADMIN_URL": f"http://127.0.0.1:{admin}",
+        "SIDECAR_ADMIN_KEY": ADMIN_KEY,
+        "APP_PORT": str(port),
+    }
+    argv = [sys.executable, str(EXAMPLE / "app.py")]
+    with run_uvicorn_app("example", workdir, argv, port, env=env) as app:
+        yield app
+
+
+@pytest.fixture(scope="module")
+def example_gateway(
+    tmp_path_factory: pytest.TempPathFactory, example_app: Upstream, example_sidecar: Sidecar
+) -> Iterator[Gateway]:
+    """nginx with contrib/fastapi/nginx.conf in front of the example."""
+    workdir = tmp_path_factory.mktemp("example-nginx")
+    with run_nginx(workdir, example_app.port, example_sidecar.port, EXAMPLE / "nginx.conf") as gateway:
         yield gateway
 
 
@@ -452,3 +503,133 @@ class TestBoilerplate:
         # The sidecar reads each as /api/v1/users/me or a doubtful path: "required" (401).
         assert 400 <= reply.status < 500, reply.body
         assert [r for r in boilerplate_app.received_all() if r["query"] == query] == []
+
+
+# ---------------------------------------------------------------------------- the example
+
+
+def login_time(session: dict[str, Any]) -> float:
+    return datetime.strptime(session["login_time"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
+
+
+class TestExample:
+    """contrib/fastapi: sid per login, registration at login, revocation at logout."""
+
+    async def test_tokens_carry_the_logins_sid_and_iat(
+        self, example_gateway: Gateway, devices: DeviceFactory
+    ) -> None:
+        """Access, refresh and refreshed access tokens all carry the login's sid, and each its iat."""
+        device = await devices(example_gateway, CHROME_WINDOWS)
+        email, user_id = await sign_up(device)
+        await device.login(email)
+        access, refresh = claims_of(device.access), claims_of(device.refresh)
+        refreshed = claims_of(await device.refresh_access())
+        assert access["user_id"] == user_id and access["type"] == "access"
+        assert refresh["type"] == "refresh" and refreshed["type"] == "access"
+        assert uuid.UUID(access["sid"]).version == 4
+        assert access["sid"] == refresh["sid"] == refreshed["sid"]
+        assert all(isinstance(c["iat"], int) for c in (access, refresh, refreshed))
+
+    async def test_login_registers_each_device_before_any_other_call(
+        self, example_gateway: Gateway, devices: DeviceFactory
+    ) -> None:
+        """Both devices are listed right after logging in, with their device, address and login time."""
+        a = await devices(example_gateway, CHROME_WINDOWS, "127.0.0.1")
+        b = await devices(example_gateway, SAFARI_IOS, "127.0.0.2")
+        email, _ = await sign_up(a)
+        before = int(time.time())
+        await a.login(email)
+        await b.login(email)
+        after = time.time()
+        # a's first call after logging in; b makes none at all.
+        listed = await a.sessions()
+        by_device = {s["device"]: s for s in listed}
+        assert set(by_device) == {"Chrome on Windows", "Safari on iOS"}
+        assert by_device["Chrome on Windows"]["current"] is True
+        assert by_device["Chrome on Windows"]["ip_address"] == "127.0.0.1"
+        assert by_device["Safari on iOS"]["ip_address"] == "127.0.0.2"
+        assert by_device["Safari on iOS"]["current"] is False
+        for s in listed:
+            assert before <= login_time(s) <= after
+
+    async def test_revoked_devices_refreshed_token_is_refused(
+        self, example_gateway: Gateway, example_app: Upstream, devices: DeviceFactory
+    ) -> None:
+        """Once a revokes b through the sessions API, b's refresh still answers but its new token is refused."""
+        a = await devices(example_gateway, CHROME_WINDOWS, "127.0.0.1")
+        b = await devices(example_gateway, SAFARI_IOS, "127.0.0.2")
+        email, _ = await sign_up(a)
+        await a.login(email)
+        await b.login(email)
+        [other] = [s for s in await a.sessions() if not s["current"]]
+        reply = await a.call("DELETE", f"/api/v1/sessions/{other['id']}/", token=a.access)
+        assert reply.status == 204, reply.body
+        assert_refused_401(await b.me())
+        refreshed = await b.refresh_access()
+        assert claims_of(refreshed)["sid"] == claims_of(b.access)["sid"]
+        assert_refused_401(await b.me(refreshed))
+        assert (await a.me()).status == 200
+
+    async def test_fresh_login_works_after_log_out_others(
+        self, example_gateway: Gateway, devices: DeviceFactory
+    ) -> None:
+        """After "log out others" the other device is refused, the caller and its refreshed token go on, a new login works."""
+        a = await devices(example_gateway, CHROME_WINDOWS, "127.0.0.1")
+        b = await devices(example_gateway, SAFARI_IOS, "127.0.0.2")
+        email, user_id = await sign_up(a)
+        await a.login(email)
+        await b.login(email)
+        reply = await a.call("DELETE", "/api/v1/sessions/", token=a.access)
+        assert reply.status == 204, reply.body
+        assert_refused_401(await b.me())
+        assert_refused_401(await b.me(await b.refresh_access()))
+        assert (await a.me()).status == 200
+        assert (await a.me(await a.refresh_access())).status == 200
+        fresh = await devices(example_gateway, FIREFOX_ANDROID, "127.0.0.2")
+        await fresh.login(email)
+        reply = await fresh.me()
+        assert reply.status == 200, reply.body
+        assert reply.json()["id"] == user_id
+        assert {s["device"] for s in await a.sessions()} == {"Chrome on Windows", "Firefox on Android"}
+
+    async def test_logout_refuses_that_token_at_once(
+        self, example_gateway: Gateway, devices: DeviceFactory
+    ) -> None:
+        """Logging out revokes the current session: its token is refused on the very next request."""
+        device = await devices(example_gateway, CHROME_WINDOWS)
+        other = await devices(example_gateway, SAFARI_IOS)
+        email, _ = await sign_up(device)
+        await device.login(email)
+        await other.login(email)
+        reply = await device.call("POST", "/api/v1/auth/logout", token=device.access)
+        assert reply.status == 200, reply.body
+        assert any(c.startswith('refresh_token=""') or c.startswith("refresh_token=;") for c in device.set_cookies)
+        assert_refused_401(await device.me())
+        assert_refused_401(await device.me(await device.refresh_access()))
+        # Only that session: the user's other device goes on.
+        assert (await other.me()).status == 200
+
+    async def test_logout_without_a_token_is_refused(
+        self, example_gateway: Gateway, example_app: Upstream, devices: DeviceFactory
+    ) -> None:
+        """Logout is a protected route: without a token the gateway refuses it."""
+        device = await devices(example_gateway, CHROME_WINDOWS)
+        assert_refused_401(await device.call("POST", "/api/v1/auth/logout"))
+
+    async def test_public_routes_answer_anonymous_users(
+        self, example_gateway: Gateway, devices: DeviceFactory
+    ) -> None:
+        """Reading posts needs no token, writing one does, and a written post is readable anonymously."""
+        anonymous = await devices(example_gateway, CHROME_WINDOWS)
+        writer = await devices(example_gateway, CHROME_WINDOWS)
+        title = uuid.uuid4().hex
+        assert_refused_401(await anonymous.call("POST", "/api/v1/posts", body={"title": title, "text": "x"}))
+        email, user_id = await sign_up(writer)
+        await writer.login(email)
+        reply = await writer.call("POST", "/api/v1/posts", token=writer.access, body={"title": title, "text": "x"})
+        assert reply.status == 201, reply.body
+        reply = await anonymous.call("GET", "/api/v1/posts")
+        assert reply.status == 200, reply.body
+        [post] = [p for p in reply.json() if p["title"] == title]
+        assert post["created_by_user_id"] == user_id
+        assert_refused_401(await anonymous.call("GET", "/api/v1/users/me"))
