@@ -553,7 +553,7 @@ class TestExample:
             assert before <= login_time(s) <= after
 
     async def test_revoked_devices_refreshed_token_is_refused(
-        self, example_gateway: Gateway, example_app: Upstream, devices: DeviceFactory
+        self, example_gateway: Gateway, devices: DeviceFactory
     ) -> None:
         """Once a revokes b through the sessions API, b's refresh still answers but its new token is refused."""
         a = await devices(example_gateway, CHROME_WINDOWS, "127.0.0.1")
@@ -609,8 +609,26 @@ class TestExample:
         # Only that session: the user's other device goes on.
         assert (await other.me()).status == 200
 
+    async def test_logout_revokes_the_gateways_session_not_a_forged_one(
+        self, example_gateway: Gateway, devices: DeviceFactory
+    ) -> None:
+        """A client-sent X-Auth-Session naming another user's session is replaced: logout revokes only the caller's."""
+        victim = await devices(example_gateway, SAFARI_IOS)
+        mallory = await devices(example_gateway, CHROME_WINDOWS)
+        victim_email, _ = await sign_up(victim)
+        mallory_email, _ = await sign_up(mallory)
+        await victim.login(victim_email)
+        await mallory.login(mallory_email)
+        [target] = await victim.sessions()
+        reply = await mallory.call(
+            "POST", "/api/v1/auth/logout", token=mallory.access, headers={"X-Auth-Session": target["id"]}
+        )
+        assert reply.status == 200, reply.body
+        assert (await victim.me()).status == 200
+        assert_refused_401(await mallory.me())
+
     async def test_logout_without_a_token_is_refused(
-        self, example_gateway: Gateway, example_app: Upstream, devices: DeviceFactory
+        self, example_gateway: Gateway, devices: DeviceFactory
     ) -> None:
         """Logout is a protected route: without a token the gateway refuses it."""
         device = await devices(example_gateway, CHROME_WINDOWS)
