@@ -86,6 +86,12 @@ def summary(settings: Settings, path: str) -> list[str]:
 
 def cmd_check_config(settings: Settings, path: str) -> int:
     print("\n".join(summary(settings, path)))
+    if not settings.server.trusted_proxies:
+        print(
+            "sidecar: warning: server.trusted_proxies is empty: the sessions API rate limit is per client IP; "
+            "behind a gateway with no trusted proxy every user shares one bucket",
+            file=sys.stderr,
+        )
     return 0
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar, cast
 from urllib.parse import parse_qs, urlsplit
 
+from sidecar.capture.places import EVENTS, CaptureRoute, TokenPlace, parse_place
 from sidecar.errors import ConfigError
 from sidecar.routes import POLICIES, Route, parse_route_path
 
@@ -47,6 +48,9 @@ class ServerSettings:
     access_log: bool = False
     max_concurrent_checks: int = 1000
     api_rate_limit_per_minute: int = 120
+    header_timeout_seconds: float = 10.0
+    keepalive_timeout_seconds: float = 75.0
+    max_connections: int = 10_000
 
 
 @dataclass(frozen=True)
@@ -171,6 +175,7 @@ class Settings:
     admin: AdminSettings = field(default_factory=AdminSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     routes: tuple[Route, ...] = ()
+    capture: tuple[CaptureRoute, ...] = ()
 
 
 # --------------------------------------------------------------------------- loading
@@ -198,10 +203,11 @@ def from_mapping(
         "server", "jwt", "sessions", "storage", "redis", "celery", "geoip", "admin", "logging",
     }
     for name, value in raw.items():
-        if name == "routes":
-            continue  # an array of tables, read by _routes
+        if name in ("routes", "capture"):
+            continue  # arrays of tables, read by _routes and _capture
         if name not in sections:
-            raise ConfigError(f"{name}: unknown section (expected one of {', '.join(sorted(sections | {'routes'}))})")
+            known = ", ".join(sorted(sections | {"routes", "capture"}))
+            raise ConfigError(f"{name}: unknown section (expected one of {known})")
         if not isinstance(value, Mapping):
             raise ConfigError(f"{name}: must be a table")
     r = _Reader(raw, environ, base_dir)
@@ -216,6 +222,7 @@ def from_mapping(
         admin=_admin(r.section("admin")),
         logging=_logging(r.section("logging")),
         routes=_routes(raw.get("routes", []), environ, base_dir),
+        capture=_capture(raw.get("capture", []), environ, base_dir),
     )
     if settings.sessions.registration == "explicit" and not settings.admin.enabled:
         raise ConfigError(
@@ -363,6 +370,9 @@ def _server(s: _Section) -> ServerSettings:
         access_log=s.get("access_log", bool, False),
         max_concurrent_checks=s.integer("max_concurrent_checks", 1000, minimum=0, maximum=1_000_000),
         api_rate_limit_per_minute=s.integer("api_rate_limit_per_minute", 120, minimum=0, maximum=1_000_000),
+        header_timeout_seconds=s.number("header_timeout_seconds", 10.0, minimum=0.1, maximum=600),
+        keepalive_timeout_seconds=s.number("keepalive_timeout_seconds", 75.0, minimum=0.1, maximum=3600),
+        max_connections=s.integer("max_connections", 10_000, minimum=1, maximum=1_000_000),
     ))
 
 
@@ -497,6 +507,68 @@ def _routes(raw: Any, environ: Mapping[str, str], base: Path) -> tuple[Route, ..
             methods = frozenset(listed)
         s.finish()
         out.append(Route(parsed[0], parsed[1], methods, policy))
+    return tuple(out)
+
+
+# Paths the sidecar serves itself; a capture route may not take them over.
+_OWN_PATHS = ("/introspect", "/api/v1/sessions", "/api/v1/openapi.json", "/healthz", "/readyz")
+
+
+def _capture(raw: Any, environ: Mapping[str, str], base: Path) -> tuple[CaptureRoute, ...]:
+    """``[[capture]]``: the auth service's login / refresh / logout, forwarded and learned from."""
+    if not isinstance(raw, list):
+        raise ConfigError("capture: must be an array of tables ([[capture]] entries)")
+    out: list[CaptureRoute] = []
+    seen: set[str] = set()
+    for i, item in enumerate(raw):
+        name = f"capture[{i}]"
+        if not isinstance(item, Mapping):
+            raise ConfigError(f"{name}: must be a table")
+        s = _Section(name, item, environ, base)
+        for required in ("path", "event", "upstream"):
+            if required not in item:
+                raise ConfigError(f"{name}.{required}: required")
+        path = s.get("path", str, "")
+        parsed = parse_route_path(path)
+        if parsed is None or parsed[1]:
+            raise ConfigError(f"{name}.path: must be an exact, normalised absolute path, got {path!r}")
+        if any(path == own or path.startswith(own + "/") for own in _OWN_PATHS):
+            raise ConfigError(f"{name}.path: {path} is served by the sidecar itself")
+        if path in seen:
+            raise ConfigError(f"{name}.path: {path} is captured twice")
+        seen.add(path)
+        event = s.get("event", str, "")
+        if event not in EVENTS:
+            raise ConfigError(f"{name}.event: must be one of {', '.join(EVENTS)}, got {event!r}")
+        upstream = s.get("upstream", str, "").rstrip("/")
+        parts = urlsplit(upstream)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.path or parts.query:
+            raise ConfigError(f"{name}.upstream: must be http(s)://host[:port] with no path, got {upstream!r}")
+        places: dict[str, TokenPlace | None] = {}
+        for key in ("access_token", "refresh_token"):
+            text = s.get(key, str, "")
+            if not text:
+                places[key] = None
+                continue
+            place = parse_place(text)
+            if place is None:
+                raise ConfigError(f"{name}.{key}: use body:<json key>, header:<name> or cookie:<name>, got {text!r}")
+            places[key] = place
+        if event in ("login", "refresh") and places["access_token"] is None:
+            raise ConfigError(f"{name}.access_token: required for {event} (where the answer carries the new token)")
+        if event == "logout" and places["access_token"] is not None:
+            raise ConfigError(f"{name}.access_token: a logout answer carries no token; leave it out")
+        route = CaptureRoute(
+            path=path,
+            event=event,
+            upstream=upstream,
+            access_token=places["access_token"],
+            refresh_token=places["refresh_token"],
+            timeout_seconds=s.number("timeout_seconds", 10.0, minimum=0.1, maximum=300),
+            max_body_bytes=s.integer("max_body_bytes", 1024 * 1024, minimum=1024, maximum=64 * 1024 * 1024),
+        )
+        s.finish()
+        out.append(route)
     return tuple(out)
 
 

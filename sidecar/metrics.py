@@ -94,6 +94,15 @@ class _Live(Collector):
             lookups.add_metric(["hit"], values["verified_cache_hits"])
             lookups.add_metric(["miss"], values["verified_cache_misses"])
             out.append(lookups)
+        if "redis_messages_received" in values:
+            out.append(
+                CounterMetricFamily(
+                    "sidecar_redis_messages_received",
+                    "Well-formed messages received on the revocation channel (each one a hint "
+                    "that triggers a coalesced catch-up from the store).",
+                    value=values["redis_messages_received"],
+                )
+            )
         return out + [
             GaugeMetricFamily(f"sidecar_{name}", doc, value=values[name])
             for name, doc in (

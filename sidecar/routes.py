@@ -119,16 +119,29 @@ def _readings(path: str) -> set[str] | None:
     """Every path an app could take ``path`` (already normalised) to mean; None when one
     of them is doubtful."""
     found = {path}
-    for transform in (_without_parameters, _without_trailing_dots):
-        found |= {transform(p) for p in found}
+    if ";" in path:
+        found.add(_without_parameters(path))
+    if "." in path:
+        found |= {_without_trailing_dots(p) for p in found}
+    if len(found) == 1:
+        return found
     # A transform can leave "." / ".." or "//" behind ("/a;x/.." -> "/a/.."): normalise again.
     readings = set()
     for p in found:
-        again = normalise_path(p)
+        again = normalise_path(p) if p != path else p
         if again is None:
             return None
         readings.add(again)
     return readings
+
+
+def _target(raw: str) -> str:
+    """``raw`` without its query and fragment (they never change a policy)."""
+    for stop in ("?", "#"):
+        at = raw.find(stop)
+        if at != -1:
+            raw = raw[:at]
+    return raw
 
 
 class RouteTable:
@@ -141,6 +154,7 @@ class RouteTable:
         self._folded = tuple(
             Route(r.path.lower(), r.prefix, r.methods, r.policy) for r in self.routes
         )
+        self._cased = any(r.path != r.path.lower() for r in self.routes)
         self._cache: dict[tuple[tuple[str, ...], tuple[str, ...]], Policy] = {}
 
     def __bool__(self) -> bool:
@@ -161,9 +175,11 @@ class RouteTable:
             return "required"
         worst: Policy = "public"
         for reading in readings:
+            folded = reading.lower()
             for policy in (
                 self._first(self.routes, method, reading),
-                self._first(self._folded, method, reading.lower()),
+                # The same test again only where case could matter.
+                self._first(self._folded, method, folded) if folded != reading or self._cased else "public",
             ):
                 if _RANK[policy] > _RANK[worst]:
                     worst = policy
@@ -178,20 +194,32 @@ class RouteTable:
         """
         if not paths or not methods:
             return "required"
-        key = (tuple(methods), tuple(paths))
-        found = self._cache.get(key)
-        if found is not None:
-            return found
+        # Remembered by the descriptions as sent, and by their paths without query (which
+        # never changes a policy), so that new query strings cost no new normalisation.
+        raw = (tuple(methods), tuple(paths))
+        found = self._cache.get(raw)
+        if found is None:
+            key = (raw[0], tuple(_target(p) for p in paths))
+            found = self._cache.get(key)
+            if found is None:
+                found = self._cache_put(key, self._strictest(key))
+            self._cache_put(raw, found)
+        return found
+
+    def _strictest(self, key: tuple[tuple[str, ...], tuple[str, ...]]) -> Policy:
         worst: Policy = "public"
-        for method, path in itertools.product(methods, paths):
+        for method, path in itertools.product(*key):
             for m in {method, method.upper()}:
                 policy = self._one(m, path)
                 if _RANK[policy] > _RANK[worst]:
                     worst = policy
+        return worst
+
+    def _cache_put(self, key: tuple[tuple[str, ...], tuple[str, ...]], policy: Policy) -> Policy:
         if len(self._cache) >= _CACHE_MAX:
             self._cache.clear()
-        self._cache[key] = worst
-        return worst
+        self._cache[key] = policy
+        return policy
 
 
 def parse_route_path(text: str) -> tuple[str, bool] | None:

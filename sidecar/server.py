@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import resource
 import signal
 import socket
 import sys
@@ -49,7 +50,8 @@ async def _serve(settings: Settings, sockets: dict[str, socket.socket], label: s
     from aiohttp import web
 
     from sidecar.web import create_admin_app, create_app, open_services
-    from sidecar.web.app import checks_first, runner_kwargs
+    from sidecar.web.app import checks_first, handler_kwargs, runner_kwargs
+    from sidecar.web.listener import GuardedSockSite
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -68,7 +70,12 @@ async def _serve(settings: Settings, sockets: dict[str, socket.socket], label: s
                 runners.append(runner)
                 if name == "public":
                     checks_first(runner)
-                await web.SockSite(runner, sockets[name]).start()
+                await GuardedSockSite(
+                    runner, sockets[name], name=name,
+                    max_connections=settings.server.max_connections,
+                    header_timeout=settings.server.header_timeout_seconds,
+                    handler_kwargs=handler_kwargs(settings),
+                ).start()
                 host, port = sockets[name].getsockname()[:2]
                 log.info("%s listener on http://%s:%d%s", name, host, port, label)
             print(f"sidecar: ready{label}", file=sys.stderr, flush=True)
@@ -96,8 +103,33 @@ def _run_worker(settings: Settings, sockets: dict[str, socket.socket], label: st
     return 0
 
 
+def raise_open_file_limit(settings: Settings) -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard limit; return the soft limit now in force.
+
+    Every connection is a file descriptor, and the usual soft limit (1,024) is far below
+    what a gateway's connections need; the hard limit is what the operator allows.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard not in (resource.RLIM_INFINITY, soft):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as e:
+            log.warning("open-file limit: cannot raise %d to the hard limit %d: %s", soft, hard, e)
+    log.info("open-file limit: %d (hard limit %s)", soft, "unlimited" if hard == resource.RLIM_INFINITY else hard)
+    listeners = 2 if settings.admin.enabled else 1
+    if soft != resource.RLIM_INFINITY and settings.server.max_connections * listeners >= soft:
+        log.warning(
+            "server.max_connections (%d per listener, %d listeners) reaches the open-file limit %d: "
+            "past it connections fail for lack of descriptors rather than get a clear 503",
+            settings.server.max_connections, listeners, soft,
+        )
+    return soft
+
+
 def run(settings: Settings) -> int:
     """Serve until SIGTERM/SIGINT; the exit code for the command line."""
+    raise_open_file_limit(settings)  # before forking: the workers inherit it
     try:
         sockets = bind(settings)
     except OSError as e:

@@ -42,11 +42,12 @@ def geoip_db(name: str = "GeoIP2-City-Test.mmdb") -> Path:
     return path
 
 
-def settings_for(tmp_path: Path, **sections: Mapping[str, Any]) -> Settings:
+def settings_for(tmp_path: Path, **sections: Mapping[str, Any] | list[Mapping[str, Any]]) -> Settings:
     """Settings for a test: HS256 with SECRET, SQLite in tmp_path, admin key set.
 
     Keyword arguments override or extend whole sections' keys, e.g.
-    ``settings_for(tmp_path, jwt={"user_claim": "user_id"})``.
+    ``settings_for(tmp_path, jwt={"user_claim": "user_id"})``; a list is an array of
+    tables, e.g. ``routes=[{"path": "/login", "policy": "public"}]``.
     """
     raw: dict[str, dict[str, Any]] = {
         "server": {"trusted_proxies": ["127.0.0.1/32", "::1/128"]},
@@ -56,7 +57,10 @@ def settings_for(tmp_path: Path, **sections: Mapping[str, Any]) -> Settings:
         "sessions": {"last_seen_flush_seconds": 0.2},
     }
     for name, values in sections.items():
-        raw.setdefault(name, {}).update(values)
+        if isinstance(values, list):
+            raw[name] = values  # type: ignore[assignment]  # an array of tables
+        else:
+            raw.setdefault(name, {}).update(values)
     return from_mapping(raw, environ={}, base_dir=tmp_path)
 
 

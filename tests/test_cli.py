@@ -170,6 +170,46 @@ def test_check_config_ok_and_bad(tmp_path: Path) -> None:
     assert result.stderr.strip() == "sidecar: error: jwt.secret: HS256 needs a secret of at least 32 bytes (got 5)"
 
 
+def test_check_config_says_what_the_token_shape_costs(tmp_path: Path) -> None:
+    """check-config warns without a token-type rule and says how sessions are keyed and dated."""
+    bare = tmp_path / "bare.toml"
+    bare.write_text(f'[jwt]\nalgorithms = ["HS256"]\nsecret = "{SECRET}"\nuser_claim = "user_id"\n')
+    out = sidecar("check-config", "--config", str(bare)).stdout
+    assert "token type  WARNING: no rule" in out
+    assert "refresh token signed with the same key passes" in out
+    assert "keyed by claim 'sid', else 'jti', else a hash of the token's claims" in out
+    assert "a revoked device comes back with its next refreshed token" in out
+    assert "a never-seen token without iat is let through" in out
+    assert "routes      none" in out
+    typed = tmp_path / "typed.toml"
+    typed.write_text(
+        f'[jwt]\nalgorithms = ["HS256"]\nsecret = "{SECRET}"\ntoken_type_claim = "type"\n'
+        'access_token_type = "access"\ntoken_lifetime_seconds = 1800\n'
+        '[[routes]]\npath = "/api/v1/auth/*"\npolicy = "public"\n'
+        '[[routes]]\npath = "/api/v1/posts"\nmethods = ["GET", "HEAD"]\npolicy = "optional"\n'
+    )
+    out = sidecar("check-config", "--config", str(typed)).stdout
+    assert "only tokens whose 'type' is 'access' pass (refresh tokens are refused)" in out
+    assert "iat, else exp - 1800 s" in out
+    assert "public    *            /api/v1/auth/*" in out
+    assert "optional  GET,HEAD     /api/v1/posts" in out
+
+def test_check_config_warns_when_no_proxy_is_trusted(tmp_path: Path) -> None:
+    """check-config warns that the API rate limit is one shared bucket when server.trusted_proxies is empty."""
+    warning = (
+        "sidecar: warning: server.trusted_proxies is empty: the sessions API rate limit is per client IP; "
+        "behind a gateway with no trusted proxy every user shares one bucket"
+    )
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[jwt]\nalgorithms = ["HS256"]\nsecret = "{SECRET}"\n')
+    result = sidecar("check-config", "--config", str(cfg))
+    assert result.returncode == 0, result.stderr
+    assert warning in result.stderr.splitlines()
+    trusted = sidecar("check-config", "--config", str(write_config(tmp_path, free_port(), free_port())))
+    assert trusted.returncode == 0, trusted.stderr
+    assert "warning" not in trusted.stderr
+
+
 def test_serve_refuses_bad_config_with_one_line(tmp_path: Path) -> None:
     """serve with an unknown key exits 2 with one line and never listens."""
     bad = tmp_path / "bad.toml"

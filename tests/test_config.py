@@ -52,9 +52,14 @@ def test_example_config_documents_every_key() -> None:
 
     for section in dataclasses.fields(settings):
         assert f"[{section.name}]" in text, section.name
-        if section.name == "routes":  # an array of tables, its keys documented below
-            for key in ("path =", "methods =", "policy ="):
-                assert key in text, f"routes.{key}"
+        arrays = {
+            "routes": ("path =", "methods =", "policy ="),
+            "capture": ("path =", "event =", "upstream =", "access_token =", "refresh_token =",
+                        "timeout_seconds =", "max_body_bytes ="),
+        }
+        if section.name in arrays:  # arrays of tables, their keys documented in the example
+            for key in arrays[section.name]:
+                assert key in text, f"{section.name}.{key}"
             continue
         for f in dataclasses.fields(getattr(settings, section.name)):
             name = {"public_keys": "public_key_file"}.get(f.name, f.name)

@@ -13,7 +13,7 @@ standard alphabet, whitespace, non-ASCII, extra or missing segments, the ECDSA t
 An independent oracle, written from the rules in README.md ("Token rules", "Mapping your
 auth service's tokens") rather than from the code, says which tokens are valid and what
 their claims are. Three limits README does not state are the code's: ``kid`` at most 256
-characters, JSON nested at most 32 levels, integer NumericDates below 2**53 (I-JSON).
+characters and JSON nested at most 32 levels.
 The verifier must agree with the oracle in both directions; the running check must answer
 200 exactly for valid tokens, properly sent, whose session a model of the sessions (fed by
 revocations and "log out others" made during the run) says is active, and 401 otherwise.
@@ -136,12 +136,14 @@ def depth(value: Any) -> int:
 
 
 def numeric_date(payload: dict[str, Any], name: str) -> float | None:
-    """A JSON number that every peer reads the same: an int within +-(2**53 - 1) or a finite float."""
+    """A JSON number every peer reads the same, within +-253402300799 (year 9999), int or float."""
     value = payload[name]
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise Unusable(f"{name} is not a number")
-    if isinstance(value, int) and abs(value) >= 2**53:  # I-JSON (RFC 7493) 2.2
-        raise Unusable(f"{name} is beyond 2**53")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise Unusable(f"{name} is not finite")
+    if abs(value) > 253_402_300_799:  # README: no time claim beyond 9999-12-31T23:59:59Z, int or float
+        raise Unusable(f"{name} is beyond year 9999")
     return float(value)
 
 

@@ -7,20 +7,28 @@ redis-server that the tests stop and start again.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import re
 import shutil
 import signal as sig
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import ExitStack, asynccontextmanager, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import jwt
 import pytest
+import redis.asyncio as aioredis
 
+from sidecar.config import from_mapping
+from sidecar.sessions import SessionStore, store_from_settings
 from tests.conftest import ADMIN_KEY, SECRET, mint
 from tests.gateways.support import Service, free_ports, log_says, running
 from tests.sessions.pg import database
@@ -266,3 +274,192 @@ def test_a_killed_worker_is_replaced(tmp_path: Path) -> None:
                 pytest.fail(f"worker not replaced:\n{service.log_tail()}")
             time.sleep(0.1)
         assert "exited with -9; restarting it" in service.log.read_text()
+
+
+# ---------------------------------------------------------------- Redis messages are hints
+
+
+@dataclass(frozen=True)
+class Pair:
+    """Two sidecar processes on one store and one Redis, and what a test needs to reach them."""
+
+    port_a: int
+    port_b: int
+    admin_a: int
+    admin_b: int
+    redis_port: int
+    channel: str
+    store: Path | str
+
+
+@pytest.fixture
+def pair(tmp_path: Path, request: pytest.FixtureRequest, shared_store: Path | str) -> Iterator[Pair]:
+    """Like ``two_sidecars``, with every port and the channel, for tests that speak to Redis themselves."""
+    port_a, admin_a, port_b, admin_b, redis_port = free_ports(5)
+    catchup = request.param
+    with ExitStack() as stack:
+        stack.enter_context(redis_server(tmp_path, redis_port))
+        cfg_a = config(tmp_path, "a", port_a, admin_a, shared_store, redis_port=redis_port, catchup=catchup)
+        cfg_b = config(tmp_path, "b", port_b, admin_b, shared_store, redis_port=redis_port, catchup=catchup)
+        stack.enter_context(sidecar(tmp_path, "sidecar-a", cfg_a, port_a))
+        stack.enter_context(sidecar(tmp_path, "sidecar-b", cfg_b, port_b))
+        yield Pair(port_a, port_b, admin_a, admin_b, redis_port, f"test:{tmp_path.name}", shared_store)
+
+
+PAIR_CATCHUP = pytest.mark.parametrize("pair", [0.5], ids=["catchup-0.5s"], indirect=True)
+PAIR_PUSH_ONLY = pytest.mark.parametrize("pair", [30.0], ids=["catchup-30s"], indirect=True)
+
+
+async def subscribed(http: aiohttp.ClientSession, *ports: int) -> None:
+    """Wait until every process on ``ports`` is ready, Redis subscription included."""
+    deadline = time.monotonic() + 10
+    for port in ports:
+        while True:
+            async with http.get(f"http://127.0.0.1:{port}/readyz") as resp:
+                if resp.status == 200:
+                    break
+            if time.monotonic() > deadline:
+                pytest.fail(f"sidecar on port {port} did not become ready (Redis subscription)")
+            await asyncio.sleep(0.05)
+
+
+async def forge(p: Pair, cutoffs: list[list[Any]], sessions: list[list[Any]] | None = None) -> None:
+    """Publish a forged revocation message as any client of the Redis could: from another
+    database number (pub/sub ignores it), without touching the store."""
+    message = json.dumps({"v": 1, "sessions": sessions or [], "cutoffs": cutoffs})
+    client = aioredis.Redis.from_url(f"redis://127.0.0.1:{p.redis_port}/5")
+    try:
+        assert await client.publish(p.channel, message) == 2  # both processes heard it
+    finally:
+        await client.aclose()
+
+
+async def messages_received(http: aiohttp.ClientSession, admin_port: int) -> float:
+    async with http.get(f"http://127.0.0.1:{admin_port}/metrics", headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as r:
+        text = await r.text()
+    match = re.search(r"^sidecar_redis_messages_received_total (\S+)$", text, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
+
+
+async def heard(http: aiohttp.ClientSession, admin_port: int, count: int) -> None:
+    """Wait until the process behind ``admin_port`` has received ``count`` messages."""
+    deadline = time.monotonic() + 5
+    while await messages_received(http, admin_port) < count:
+        if time.monotonic() > deadline:
+            pytest.fail(f"the sidecar with admin port {admin_port} never received message {count}")
+        await asyncio.sleep(0.02)
+
+
+@asynccontextmanager
+async def opened_store(where: Path | str) -> AsyncIterator[SessionStore]:
+    """The shared store, opened by the test itself (to write what no process publishes)."""
+    url = where if isinstance(where, str) else f"sqlite:///{where}"
+    settings = from_mapping(
+        {"jwt": {"algorithms": ["HS256"], "secret": SECRET}, "storage": {"url": url}}, environ={}, base_dir=Path("/")
+    ).storage
+    store = store_from_settings(settings)
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+async def store_caught_up(http: aiohttp.ClientSession, p: Pair) -> None:
+    """Wait until both processes ran a store catch-up that started after this call: revoke a
+    session in the store behind their backs (nothing published) and wait for both to refuse it."""
+    token = mint("catch-up-marker")
+    sid = await session_id(http, p.port_a, token)
+    assert await status(http, p.port_b, token) == 200
+    async with opened_store(p.store) as store:
+        assert await store.revoke(sid, time.time()) is not None
+    await refused_within(http, p.port_a, token, 5.0)
+    await refused_within(http, p.port_b, token, 5.0)
+
+
+@PAIR_CATCHUP
+async def test_forged_cutoff_message_cannot_lift_a_cutoff(pair: Pair) -> None:
+    """A forged message carrying a later cut-off that exempts another session does not let
+    that session's older, never-seen token through: not when it arrives, not after catch-up."""
+    p = pair
+    victim_sid = f"stolen-{uuid.uuid4()}"
+    stolen = mint("ursula", now=time.time() - 5, sid=victim_sid)  # never seen by anyone
+    me = mint("ursula", now=time.time() - 5)
+    async with aiohttp.ClientSession() as http:
+        await subscribed(http, p.port_a, p.port_b)
+        await session_id(http, p.port_b, me)
+        async with http.delete(f"http://127.0.0.1:{p.port_a}/api/v1/sessions/", headers=bearer(me)) as resp:
+            assert resp.status == 204
+        await refused_within(http, p.port_b, stolen, 2.0)
+        assert await status(http, p.port_a, stolen) == 401
+        before = await messages_received(http, p.admin_b)
+        await forge(p, [["ursula", time.time() + 0.5, f"sid:{victim_sid}"]])
+        await heard(http, p.admin_b, int(before) + 1)
+        await heard(http, p.admin_a, 1)
+        assert await status(http, p.port_b, stolen) == 401
+        assert await status(http, p.port_a, stolen) == 401
+        await store_caught_up(http, p)
+        assert await status(http, p.port_b, stolen) == 401
+        assert await status(http, p.port_a, stolen) == 401
+        assert await status(http, p.port_a, me) == 200  # the real exemption still holds
+
+
+@PAIR_CATCHUP
+async def test_forged_far_future_cutoff_does_not_lock_the_user_out(pair: Pair) -> None:
+    """A forged cut-off at 1e300 refuses nothing: the user's known and fresh tokens keep getting 200."""
+    p = pair
+    known = mint("wanda")
+    async with aiohttp.ClientSession() as http:
+        await subscribed(http, p.port_a, p.port_b)
+        await session_id(http, p.port_a, known)  # both processes hold wanda's state and cut-off (none)
+        await session_id(http, p.port_b, known)
+        before = await messages_received(http, p.admin_b)
+        await forge(p, [["wanda", 1e300, None]])
+        await heard(http, p.admin_b, int(before) + 1)
+        for port in (p.port_a, p.port_b):
+            assert await status(http, port, known) == 200
+            assert await status(http, port, mint("wanda")) == 200
+        await store_caught_up(http, p)
+        for port in (p.port_a, p.port_b):
+            assert await status(http, port, known) == 200
+            assert await status(http, port, mint("wanda")) == 200
+
+
+@PAIR_CATCHUP
+async def test_forged_session_revocation_denies_nothing(pair: Pair) -> None:
+    """A forged message naming a live session as revoked does not refuse it: only the store can."""
+    p = pair
+    token = mint("xavier")
+    async with aiohttp.ClientSession() as http:
+        await subscribed(http, p.port_a, p.port_b)
+        sid = await session_id(http, p.port_a, token)
+        await session_id(http, p.port_b, token)
+        claims_key = f"sid:{jwt.decode(token, options={'verify_signature': False})['sid']}"
+        before = await messages_received(http, p.admin_b)
+        await forge(p, [], [[claims_key, sid, "xavier", time.time() + 3600, time.time()]])
+        await heard(http, p.admin_b, int(before) + 1)
+        assert await status(http, p.port_b, token) == 200
+        assert await status(http, p.port_a, token) == 200
+
+
+@PAIR_PUSH_ONLY
+async def test_revocation_reaches_the_other_process_through_the_hint(pair: Pair) -> None:
+    """With a 30 s catch-up interval, a revocation and a "log out others" through A are refused
+    by B within a second: the message makes B read the store at once."""
+    p = pair
+    one, mine, other = mint("yann"), mint("yann", now=time.time() - 5), mint("yann", now=time.time() - 5)
+    async with aiohttp.ClientSession() as http:
+        await subscribed(http, p.port_a, p.port_b)
+        sid = await session_id(http, p.port_a, one)
+        assert await status(http, p.port_b, one) == 200
+        admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+        async with http.delete(f"http://127.0.0.1:{p.admin_a}/admin/v1/sessions/{sid}", headers=admin) as resp:
+            assert resp.status == 204
+        await refused_within(http, p.port_b, one, 1.0)
+        await session_id(http, p.port_a, mine)
+        assert await status(http, p.port_b, other) == 200
+        async with http.delete(f"http://127.0.0.1:{p.port_a}/api/v1/sessions/", headers=bearer(mine)) as resp:
+            assert resp.status == 204
+        await refused_within(http, p.port_b, other, 1.0)
+        await refused_within(http, p.port_b, mint("yann", now=time.time() - 5), 1.0)
+        assert await status(http, p.port_b, mine) == 200

@@ -1,11 +1,22 @@
-"""Revocation push over Redis pub/sub.
+"""Revocation push over Redis pub/sub: a message is a hint, the store is the truth.
 
-Every process publishes what it revoked and applies what others publish, so a revocation
-reaches every process in about one network round trip. Redis only speeds things up: a
-message lost while Redis is down is picked up by the store catch-up (every
-``sessions.catchup_interval_seconds``), and on each (re)subscription a process catches up
-from the store before relying on the channel again. A message can only ever revoke, never
-allow, so the worst a bad message can do is deny.
+Every process publishes what it revoked, after the store committed it. A process that
+receives a message does not apply what the message says: it reads the store's revision
+feed at once (``SessionService.catch_up``), which already holds the committed revocation,
+so a revocation still reaches every process in about one network round trip plus one
+store read. Reads are coalesced: at most one in flight and one queued, however many
+messages arrive, so a flood costs back-to-back reads and never a backlog.
+
+So a message can neither revoke nor allow anything: what memory refuses comes only from
+the store, and applying the store's changes only ever makes memory stricter. Anyone who
+can publish on the channel (pub/sub ignores Redis database numbers: every client of a
+shared Redis can) can cost each process one store read per message, nothing more.
+
+Redis only speeds things up: a message lost while Redis is down is picked up by the
+periodic catch-up (every ``sessions.catchup_interval_seconds``), and on each
+(re)subscription a process catches up from the store before relying on the channel
+again. The message format stays as it was (``encode``/``decode``), for the logs and for
+older processes during an upgrade; a malformed message is logged and ignored.
 """
 
 from __future__ import annotations
@@ -15,12 +26,13 @@ import contextlib
 import json
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from sidecar.errors import StoreUnavailable
 from sidecar.sessions.models import Cutoff, Revoked, RevokedRef
 from sidecar.sessions.service import SessionService
 
@@ -46,17 +58,27 @@ def _str(v: Any) -> str:
 
 
 def _num(v: Any) -> float:
-    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+    if isinstance(v, bool) or not isinstance(v, int | float):
         raise ValueError("bad number")
-    return float(v)
+    try:
+        number = float(v)
+    except OverflowError as e:  # an integer beyond any float: 1 followed by 400 zeros
+        raise ValueError("bad number") from e
+    if not math.isfinite(number):
+        raise ValueError("bad number")
+    return number
 
 
 def decode(data: bytes) -> tuple[list[Revoked], list[Cutoff]]:
     """Parse a message; raise ValueError for anything malformed."""
     if len(data) > MAX_MESSAGE_BYTES:
         raise ValueError("message too large")
-    doc = json.loads(data)
-    if not isinstance(doc, dict) or doc.get("v") != _VERSION:
+    try:
+        doc = json.loads(data)
+    except RecursionError as e:  # deeply nested JSON
+        raise ValueError("message nested too deeply") from e
+    # type(...) is int: True == 1 in Python, and a boolean is no version.
+    if not isinstance(doc, dict) or type(doc.get("v")) is not int or doc["v"] != _VERSION:
         raise ValueError("unknown message version")
     sessions, cutoffs = doc.get("sessions"), doc.get("cutoffs")
     if not isinstance(sessions, list) or not isinstance(cutoffs, list):
@@ -76,6 +98,48 @@ def decode(data: bytes) -> tuple[list[Revoked], list[Cutoff]]:
     return revoked, cuts
 
 
+class Coalesced:
+    """Run an async job whenever asked, at most one run in flight and one queued.
+
+    A request while a run is in flight queues exactly one more run (what it asks for may
+    have been committed after the running read began); further requests join that queued
+    run. So any number of requests costs at most back-to-back runs, never a backlog.
+    """
+
+    def __init__(self, job: Callable[[], Awaitable[None]]) -> None:
+        self._job = job
+        self._queued = False
+        self._task: asyncio.Task[None] | None = None
+        self.runs = 0  # how many times the job started (for tests and logs)
+
+    def request(self) -> None:
+        self._queued = True
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._drain())
+
+    async def _drain(self) -> None:
+        while self._queued:
+            self._queued = False
+            self.runs += 1
+            try:
+                await self._job()
+            except Exception:  # the next request (or the periodic catch-up) tries again
+                log.exception("redis: coalesced job failed")
+
+    async def idle(self) -> None:
+        """Wait until no run is in flight or queued."""
+        while self._task is not None and not self._task.done():
+            await asyncio.shield(self._task)
+
+    async def close(self) -> None:
+        self._queued = False
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
 class RedisPush:
     def __init__(self, url: str, channel: str, sessions: SessionService, *, retry_seconds: float = 0.5) -> None:
         self.channel = channel
@@ -90,6 +154,7 @@ class RedisPush:
         self.connected = False
         self._warned = False  # one warning per outage, not one per retry
         self.received = 0
+        self._catch_up = Coalesced(self._hinted_catch_up)
 
     async def start(self) -> None:
         self._sessions.on_revoked = self.publish
@@ -101,6 +166,7 @@ class RedisPush:
             self._listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._listener
+        await self._catch_up.close()
         if self._inflight:
             await asyncio.wait(self._inflight, timeout=2)
         await self._publisher.aclose()
@@ -121,13 +187,26 @@ class RedisPush:
             log.warning("redis: publish failed (others catch up from the store): %s", e)
 
     def _receive(self, data: bytes) -> None:
+        """A message on the channel: a hint that the store changed, never applied itself."""
         try:
             sessions, cutoffs = decode(data)
-        except (ValueError, RecursionError) as e:
+        except ValueError as e:
             log.warning("redis: ignored a malformed message on %s: %s", self.channel, e)
             return
         self.received += 1
-        self._sessions.apply(sessions, cutoffs, via="redis")
+        log.debug(
+            "redis: hint on %s (%d session(s), %d cut-off(s)): catching up from the store",
+            self.channel, len(sessions), len(cutoffs),
+        )
+        self._catch_up.request()
+
+    async def _hinted_catch_up(self) -> None:
+        try:
+            await self._sessions.catch_up(via="redis")
+        except StoreUnavailable as e:
+            # The periodic catch-up warns about the store once per interval; a flood of
+            # hints while it is down must not add a warning per message.
+            log.debug("redis: catch-up on a hint failed: %s", e)
 
     async def _listen(self) -> None:
         while True:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sidecar.config import StorageSettings
 from sidecar.errors import StoreUnavailable
-from sidecar.sessions.models import Changes, Cutoff, Session, Touch
+from sidecar.sessions.models import Changes, Cutoff, ListPosition, Session, Touch
 from sidecar.sessions.store import SessionStore
 
 
@@ -34,4 +34,4 @@ def store_from_settings(settings: StorageSettings) -> SessionStore:
     return SqliteStore(settings.sqlite_path, busy_timeout_ms=settings.busy_timeout_ms)
 
 
-__all__ = ["Changes", "Cutoff", "Session", "SessionStore", "Touch", "store_from_settings"]
+__all__ = ["Changes", "Cutoff", "ListPosition", "Session", "SessionStore", "Touch", "store_from_settings"]

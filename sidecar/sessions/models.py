@@ -27,6 +27,20 @@ class Session:
         return self.revoked_at is None and self.expires_at > now
 
 
+@dataclass(frozen=True, slots=True)
+class ListPosition:
+    """Where a page of a user's sessions ended, in listing order (newest login first, ties
+    by id): the next page starts right after it. Keyset, not an offset, so sessions added
+    or revoked between two page reads make no other session skip a page or repeat."""
+
+    created_at: float
+    id: str
+
+    @classmethod
+    def of(cls, session: Session) -> ListPosition:
+        return cls(session.created_at, session.id)
+
+
 class RevokedRef(Protocol):
     """What another process needs to know of a revoked session (a ``Session`` is one)."""
 

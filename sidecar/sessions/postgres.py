@@ -29,7 +29,7 @@ from typing import Any, Final, Protocol
 from urllib.parse import unquote, urlsplit
 
 from sidecar.errors import StoreUnavailable
-from sidecar.sessions.models import Changes, Cutoff, Session, Touch
+from sidecar.sessions.models import Changes, Cutoff, ListPosition, Session, Touch
 
 # Loaded at import, so ``store_from_settings`` can turn a missing optional dependency into
 # one clear line (``pip install 'sidecar[postgres]'``) before anything else runs.
@@ -139,10 +139,23 @@ MIGRATIONS: Final[tuple[tuple[int, tuple[str, ...]], ...]] = (
             "CREATE INDEX cutoffs_by_revision ON user_cutoffs (revision)",
         ),
     ),
+    (
+        3,
+        (
+            """
+            CREATE TABLE session_aliases (
+                alias_key  TEXT COLLATE "C" PRIMARY KEY,
+                session_id TEXT COLLATE "C" NOT NULL REFERENCES sessions (id) ON DELETE CASCADE
+            )
+            """,
+            "CREATE INDEX session_aliases_by_session ON session_aliases (session_id)",
+        ),
+    ),
 )
 SCHEMA_VERSION: Final = MIGRATIONS[-1][0]
 
 _COLUMNS = "id, session_key, user_id, created_at, last_seen, expires_at, revoked_at, ip_address, device, location"
+_ALIASED = ", ".join(f"s.{c.strip()}" for c in _COLUMNS.split(","))
 _INSERT_ATTEMPTS: Final = 3
 
 
@@ -330,11 +343,36 @@ class PostgresStore:
         return _session(rows[0]) if rows else None
 
     async def get_by_key(self, session_key: str) -> Session | None:
-        rows = await self._fetch(f"SELECT {_COLUMNS} FROM sessions WHERE session_key = $1", session_key)  # noqa: S608
+        rows = await self._fetch(
+            f"(SELECT {_COLUMNS} FROM sessions WHERE session_key = $1) "  # noqa: S608
+            f"UNION ALL (SELECT {_ALIASED} FROM session_aliases a JOIN sessions s ON s.id = a.session_id "
+            "WHERE a.alias_key = $1) LIMIT 1",
+            session_key,
+        )
         return _session(rows[0]) if rows else None
+
+    async def bind(self, session_id: str, keys: Sequence[str]) -> None:
+        if not keys:
+            return
+        async with self._transaction("bind") as db:
+            await db.executemany(
+                "INSERT INTO session_aliases (alias_key, session_id) SELECT $1::text, $2::text "
+                "WHERE EXISTS (SELECT 1 FROM sessions WHERE id = $2::text) "
+                "AND NOT EXISTS (SELECT 1 FROM sessions WHERE session_key = $1::text) "
+                "ON CONFLICT (alias_key) DO NOTHING",
+                [(k, session_id) for k in keys],
+            )
 
     async def insert(self, session: Session) -> tuple[Session, bool]:
         async with self._acquire("insert") as db:
+            # A key bound to a session (a token learned at issue) is that session's.
+            bound = await db.fetchrow(
+                f"SELECT {_ALIASED} FROM session_aliases a JOIN sessions s ON s.id = a.session_id "  # noqa: S608
+                "WHERE a.alias_key = $1",
+                session.session_key,
+            )
+            if bound is not None:
+                return _session(bound), False
             for _ in range(_INSERT_ATTEMPTS):
                 # One autocommitted statement: durable when it returns. A concurrent insert
                 # of the same key waits on the unique index and then does nothing.
@@ -354,13 +392,27 @@ class PostgresStore:
                 # The holder of the key was purged in between: try the insert again.
         raise StoreUnavailable("session key kept changing during insert")
 
-    async def list_active(self, user_id: str, now: float) -> list[Session]:
-        rows = await self._fetch(
-            f"SELECT {_COLUMNS} FROM sessions "  # noqa: S608
-            "WHERE user_id = $1 AND revoked_at IS NULL AND expires_at > $2 "
-            "ORDER BY created_at DESC, id",
-            user_id, now,
-        )
+    async def list_active(
+        self, user_id: str, now: float, *, limit: int | None = None, before: ListPosition | None = None
+    ) -> list[Session]:
+        # Keyset page, as in sqlite.py; LIMIT NULL is no limit. Two statements rather than
+        # "$3 IS NULL OR ...", so that a generic plan still bounds the range scan on
+        # sessions_by_user (user_id, created_at) with "created_at <= $3".
+        if before is None:
+            rows = await self._fetch(
+                f"SELECT {_COLUMNS} FROM sessions "  # noqa: S608
+                "WHERE user_id = $1 AND revoked_at IS NULL AND expires_at > $2 "
+                "ORDER BY created_at DESC, id LIMIT $3",
+                user_id, now, limit,
+            )
+        else:
+            rows = await self._fetch(
+                f"SELECT {_COLUMNS} FROM sessions "  # noqa: S608
+                "WHERE user_id = $1 AND revoked_at IS NULL AND expires_at > $2 "
+                "AND created_at <= $3 AND (created_at < $3 OR id > $4) "
+                "ORDER BY created_at DESC, id LIMIT $5",
+                user_id, now, before.created_at, before.id, limit,
+            )
         return [_session(r) for r in rows]
 
     async def count_active(self, now: float) -> int:

@@ -12,6 +12,11 @@ rules keep it from ever serving a stale "active" (SECURITY_CASES C27, C28):
 So a read that started before a revoke either sees the revoke in the store, or finds the
 tombstone in memory, or notices the generation change. ``last_seen`` and the latest token
 expiry are batched in ``_pending`` and flushed every few seconds.
+
+Other processes' revocations reach memory only from the store (``catch_up``, on a timer
+and whenever a Redis message hints that the store changed), never from a message's
+contents, and only ever make memory stricter: a cut-off is replaced only by the one the
+store keeps in its place.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from sidecar.clock import Clock
 from sidecar.config import Registration
 from sidecar.enrich.client_ip import IPAddress
 from sidecar.errors import SessionRejected, StoreUnavailable
-from sidecar.sessions.models import Cutoff, RevokedRef, Session, Touch
+from sidecar.sessions.models import Cutoff, ListPosition, RevokedRef, Session, Touch
 from sidecar.sessions.store import SessionStore
 from sidecar.tokens.claims import Claims
 
@@ -47,6 +52,14 @@ class ClientInfo:
 
     ip: IPAddress | None
     user_agent: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionPage:
+    """One page of a user's active sessions, and where the next one starts (None: last page)."""
+
+    sessions: tuple[Session, ...]
+    next: ListPosition | None
 
 
 @dataclass(slots=True)
@@ -68,6 +81,13 @@ class _Activity:
 
 class _Missing:
     pass
+
+
+def _newer_cutoff(candidate: Cutoff, known: Cutoff | None) -> bool:
+    """Whether ``candidate`` replaces ``known``: the rule of the stores' upsert (a later or
+    equal cut-off wins, an earlier one never comes back), so memory keeps what the store
+    keeps and is never looser than it."""
+    return known is None or (candidate.cutoff_at >= known.cutoff_at and candidate != known)
 
 
 _MISSING: Final = _Missing()
@@ -111,6 +131,8 @@ class SessionService:
         self._confirmed_at = clock.monotonic()  # when memory was last known to be current
         self._catchup_lock = asyncio.Lock()
         self._told_ageless = False  # the "cannot tell a token's age" warning, once per process
+        # Keys of tokens bound to a session (capture routes) -> the session's own key.
+        self._aliases: dict[str, str] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -140,17 +162,19 @@ class SessionService:
 
     # ------------------------------------------------------------------ propagation
 
-    async def catch_up(self) -> None:
+    async def catch_up(self, via: str = "store") -> None:
         """Apply every revocation and cut-off committed since the last catch-up.
 
-        This is what keeps several processes in agreement without Redis (and what a
-        process runs on reconnecting to Redis before it trusts the push channel again).
+        This is what keeps several processes in agreement without Redis, what a process
+        runs on reconnecting to Redis before it trusts the push channel again, and what a
+        Redis message triggers (``via="redis"``, for the propagation metric): the store is
+        the only source of what memory refuses, never the message.
         """
         async with self._catchup_lock:
             began = self._clock.monotonic()
             while True:
                 changes = await self.store.changes_since(self._revision, 1000)
-                self.apply(changes.sessions, changes.cutoffs)
+                self._apply(changes.sessions, changes.cutoffs, via)
                 if changes.revision == self._revision:
                     break
                 self._revision = changes.revision
@@ -167,11 +191,14 @@ class SessionService:
         """Whether memory is known current within ``max_staleness`` (else checks read the store)."""
         return self._clock.monotonic() - self._confirmed_at <= self._max_staleness
 
-    def apply(self, sessions: Sequence[RevokedRef], cutoffs: Sequence[Cutoff], via: str = "store") -> None:
-        """Apply revocations made elsewhere (another process, via the store or Redis).
+    def _apply(self, sessions: Sequence[RevokedRef], cutoffs: Sequence[Cutoff], via: str) -> None:
+        """Apply revocations and cut-offs another process committed, as read from the store.
 
         Only entries already in memory are touched: anything else is read from the store
-        on its next use. Bumping the generation makes any read in flight start over.
+        on its next use. Memory only ever gets stricter here: a revoked session stays
+        revoked, and a cut-off is replaced only by the one the store keeps in its place (a
+        later one, see ``_newer_cutoff``). Bumping the generation makes any read in flight
+        start over.
         """
         now = self._clock.wall()
         for s in sessions:
@@ -181,10 +208,7 @@ class SessionService:
                 if not present.revoked:
                     self._propagated(via, now - s.revoked_at)
         for c in cutoffs:
-            if c.user_id not in self._cutoffs:
-                continue
-            known = self._cutoffs[c.user_id]
-            if known is None or c.cutoff_at > known.cutoff_at:
+            if c.user_id in self._cutoffs and _newer_cutoff(c, self._cutoffs[c.user_id]):
                 self._remember_cutoff(c.user_id, c, overwrite=True)
                 self._propagated(via, now - c.cutoff_at)
         if sessions or cutoffs:
@@ -258,9 +282,12 @@ class SessionService:
 
     async def _load(
         self, claims: Claims, need_state: bool, need_cutoff: bool, *, overwrite: bool = False
-    ) -> tuple[_State | None, CutoffEntry]:
+    ) -> tuple[str, _State | None, CutoffEntry]:
         """Read what memory lacks; install it unless a revocation raced the read.
 
+        Returns (the session's own key, its state, the user's cut-off entry): a token bound
+        to a session (``bind``) has a key of its own, and memory keeps the state under the
+        session's key, so a revocation of the session reaches every token bound to it.
         ``overwrite`` replaces what memory holds: used when memory may be stale, and safe
         because a revocation landing during the read changes the generation.
         """
@@ -270,18 +297,29 @@ class SessionService:
             cutoff = await self.store.get_cutoff(claims.user_id) if need_cutoff else None
             if generation != self._generation:
                 continue  # a revocation landed while we read: read again
-            state: _State | None = self._states.get(claims.session_key)
+            key = self._aliases.get(claims.session_key, claims.session_key)
+            if row is not None and row.session_key != claims.session_key:
+                key = self._remember_alias(claims.session_key, row.session_key)
+            state: _State | None = self._states.get(key)
             if need_state:
                 if row is not None:
-                    state = self._remember(claims.session_key, self._state_of(row), overwrite=overwrite)
+                    state = self._remember(key, self._state_of(row), overwrite=overwrite)
                 elif overwrite:
-                    self._states.pop(claims.session_key, None)
+                    self._states.pop(key, None)
                     state = None
             entry: CutoffEntry = self._cutoffs.get(claims.user_id, _MISSING)
             if need_cutoff:
                 entry = self._remember_cutoff(claims.user_id, cutoff, overwrite=overwrite)
-            return state, entry
+            return key, state, entry
         raise StoreUnavailable("session state kept changing during the read")
+
+    def _remember_alias(self, alias: str, key: str) -> str:
+        """Remember that tokens keyed ``alias`` belong to the session keyed ``key`` (a fact
+        that never changes, so it needs no generation check)."""
+        self._aliases[alias] = key
+        if len(self._aliases) > self._cache_size:
+            self._aliases.pop(next(iter(self._aliases)))
+        return key
 
     # ------------------------------------------------------------------ the check
 
@@ -308,7 +346,7 @@ class SessionService:
         only called to register a new session: working out the client's address and
         device costs more than the whole check of a known session.
         """
-        key = claims.session_key
+        key = self._aliases.get(claims.session_key, claims.session_key)
         now = self._clock.wall()
         state = self._states.get(key)
         if state is not None and not state.revoked and state.expires_at <= now:
@@ -321,9 +359,9 @@ class SessionService:
         if not self.fresh:
             # Revocations from other processes may not have reached memory (store and
             # Redis both unreachable): trust only the store, and deny if it cannot answer.
-            state, entry = await self._load(claims, True, True, overwrite=True)
+            key, state, entry = await self._load(claims, True, True, overwrite=True)
         elif state is None or isinstance(entry, _Missing):
-            state, entry = await self._load(claims, state is None, isinstance(entry, _Missing))
+            key, state, entry = await self._load(claims, state is None, isinstance(entry, _Missing))
         else:
             self._states.move_to_end(key)
 
@@ -401,6 +439,30 @@ class SessionService:
             raise SessionRejected("revoked")
         return session, created
 
+    # ------------------------------------------------------------------ tokens seen at issue
+
+    async def own_key(self, claims: Claims) -> str:
+        """The key of the session ``claims`` belongs to (its own, or the session it is bound to)."""
+        known = self._aliases.get(claims.session_key)
+        if known is not None:
+            return known
+        row = await self.store.get_by_key(claims.session_key)
+        return row.session_key if row is not None else claims.session_key
+
+    async def find(self, session_key: str) -> Session | None:
+        """The session a token key belongs to, from the store (own key or bound)."""
+        row = await self.store.get_by_key(session_key)
+        return self._with_pending(row) if row is not None else None
+
+    async def bind(self, session: Session, keys: Sequence[str], expires_at: float) -> None:
+        """Bind token keys to ``session`` (durably, for every process) and note activity:
+        tokens a refresh minted, and refresh tokens, belong to their login's session."""
+        keys = [k for k in keys if k != session.session_key]
+        await self.store.bind(session.id, keys)
+        for k in keys:
+            self._remember_alias(k, session.session_key)
+        self._note(session.id, self._clock.wall(), expires_at)
+
     # ------------------------------------------------------------------ reading
 
     def _with_pending(self, s: Session) -> Session:
@@ -410,8 +472,17 @@ class SessionService:
         return replace(s, last_seen=max(s.last_seen, a.last_seen), expires_at=max(s.expires_at, a.expires_at))
 
     async def list_active(self, user_id: str) -> list[Session]:
+        """All of the user's active sessions (unbounded: the APIs use ``list_page``)."""
         now = self._clock.wall()
         return [self._with_pending(s) for s in await self.store.list_active(user_id, now)]
+
+    async def list_page(self, user_id: str, *, limit: int, before: ListPosition | None = None) -> SessionPage:
+        """At most ``limit`` of the user's active sessions after ``before``, and where the
+        next page starts (None when this is the last)."""
+        rows = await self.store.list_active(user_id, self._clock.wall(), limit=limit + 1, before=before)
+        page = rows[:limit]
+        following = ListPosition.of(page[-1]) if len(rows) > limit else None
+        return SessionPage(tuple(self._with_pending(s) for s in page), following)
 
     async def get_active(self, session_id: str, user_id: str | None) -> Session | None:
         """The session if it exists, is active, and (when given) belongs to ``user_id``."""
@@ -448,7 +519,11 @@ class SessionService:
         for row in rows:
             self._remember(row.session_key, self._state_of(row), overwrite=True)
         cutoff = Cutoff(user_id, now, keep_session_key)
-        self._remember_cutoff(user_id, cutoff, overwrite=True)
+        # The store keeps the later of its cut-off and this one; so does memory. An earlier
+        # ``now`` (another host's clock ahead of ours) must not replace a later cut-off and
+        # its exemption with a looser one here.
+        if _newer_cutoff(cutoff, self._cutoffs.get(user_id)):
+            self._remember_cutoff(user_id, cutoff, overwrite=True)
         self._generation += 1
         self._revoked(rows, cutoff)
         return rows

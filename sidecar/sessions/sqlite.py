@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sqlite3
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
@@ -19,7 +20,7 @@ from typing import Any
 import aiosqlite
 
 from sidecar.errors import StoreUnavailable
-from sidecar.sessions.models import Changes, Cutoff, Session, Touch
+from sidecar.sessions.models import Changes, Cutoff, ListPosition, Session, Touch
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,20 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
             "CREATE INDEX cutoffs_by_revision ON user_cutoffs (revision)",
         ),
     ),
+    (
+        3,
+        (
+            # Keys of tokens learned as they were issued (capture routes): a refresh token, and
+            # every access token a refresh minted, belong to the session of their login.
+            """
+            CREATE TABLE session_aliases (
+                alias_key  TEXT PRIMARY KEY,
+                session_id TEXT NOT NULL REFERENCES sessions (id) ON DELETE CASCADE
+            )
+            """,
+            "CREATE INDEX session_aliases_by_session ON session_aliases (session_id)",
+        ),
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -77,6 +92,25 @@ SCHEMA_VERSION = MIGRATIONS[-1][0]
 _DRIVER_ERRORS = (sqlite3.Error, ValueError)
 
 _COLUMNS = "id, session_key, user_id, created_at, last_seen, expires_at, revoked_at, ip_address, device, location"
+_ALIASED = ", ".join(f"s.{c.strip()}" for c in _COLUMNS.split(","))
+
+
+def _create_private(path: Path) -> None:
+    """Create the database file for its owner only (0600) unless it exists.
+
+    SQLite would create it with the umask's mode (0644 under the usual 022: every local user
+    could read who is logged in from where) and gives the -wal and -shm files the mode of
+    the main file, so creating that one first makes all three private. An existing file is
+    the operator's: it is left as it is, with a warning when others can read it.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        mode = path.stat().st_mode
+        if mode & 0o077:
+            log.warning("sqlite: %s is accessible to group or others (mode %o); chmod 600 it", path, mode & 0o777)
+        return
+    os.close(fd)
 
 
 def _session(row: Iterable[Any]) -> Session:
@@ -108,6 +142,7 @@ class SqliteStore:
     async def open(self) -> None:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            _create_private(self.path)
             self._writer = await self._connect()
             async with self._writer.execute("PRAGMA journal_mode = WAL") as cur:
                 row = await cur.fetchone()
@@ -198,11 +233,39 @@ class SqliteStore:
         return _session(rows[0]) if rows else None
 
     async def get_by_key(self, session_key: str) -> Session | None:
-        rows = await self._fetch(f"SELECT {_COLUMNS} FROM sessions WHERE session_key = ?", (session_key,))  # noqa: S608
+        rows = await self._fetch(
+            f"SELECT {_COLUMNS} FROM sessions WHERE session_key = ? "  # noqa: S608
+            f"UNION ALL SELECT {_ALIASED} FROM session_aliases a JOIN sessions s ON s.id = a.session_id "
+            "WHERE a.alias_key = ? LIMIT 1",
+            (session_key, session_key),
+        )
         return _session(rows[0]) if rows else None
+
+    async def bind(self, session_id: str, keys: Sequence[str]) -> None:
+        if not keys:
+            return
+        async with self._transaction() as db:
+            # A key bound before stays with its first session; a key that is some session's
+            # own key is not an alias of another.
+            await db.executemany(
+                "INSERT INTO session_aliases (alias_key, session_id) SELECT ?, ? "
+                "WHERE EXISTS (SELECT 1 FROM sessions WHERE id = ?) "
+                "AND NOT EXISTS (SELECT 1 FROM sessions WHERE session_key = ?) "
+                "ON CONFLICT (alias_key) DO NOTHING",
+                [(k, session_id, session_id, k) for k in keys],
+            )
 
     async def insert(self, session: Session) -> tuple[Session, bool]:
         async with self._transaction() as db:
+            # A key bound to a session (a token learned at issue) is that session's.
+            async with db.execute(
+                f"SELECT {_ALIASED} FROM session_aliases a JOIN sessions s ON s.id = a.session_id "  # noqa: S608
+                "WHERE a.alias_key = ?",
+                (session.session_key,),
+            ) as sel:
+                bound = await sel.fetchone()
+            if bound is not None:
+                return _session(bound), False
             cur = await db.execute(
                 f"INSERT INTO sessions ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "  # noqa: S608
                 "ON CONFLICT (session_key) DO NOTHING",
@@ -221,12 +284,18 @@ class SqliteStore:
             raise StoreUnavailable("inserted session vanished")
         return _session(row), created
 
-    async def list_active(self, user_id: str, now: float) -> list[Session]:
+    async def list_active(
+        self, user_id: str, now: float, *, limit: int | None = None, before: ListPosition | None = None
+    ) -> list[Session]:
+        # Keyset page: after (created_at, id) in "created_at DESC, id" order. The plain
+        # "created_at <= ?" bounds the range scan on sessions_by_user (user_id, created_at).
+        after = "" if before is None else "AND created_at <= ? AND (created_at < ? OR id > ?) "
+        position: tuple[Any, ...] = () if before is None else (before.created_at, before.created_at, before.id)
         rows = await self._fetch(
-            f"SELECT {_COLUMNS} FROM sessions "  # noqa: S608
-            "WHERE user_id = ? AND revoked_at IS NULL AND expires_at > ? "
-            "ORDER BY created_at DESC, id",
-            (user_id, now),
+            f"SELECT {_COLUMNS} FROM sessions "  # noqa: S608 (constant column list and clauses)
+            f"WHERE user_id = ? AND revoked_at IS NULL AND expires_at > ? {after}"
+            "ORDER BY created_at DESC, id LIMIT ?",
+            (user_id, now, *position, -1 if limit is None else limit),
         )
         return [_session(r) for r in rows]
 

@@ -1,4 +1,4 @@
-"""The async store protocol every backend implements (SQLite now, PostgreSQL next).
+"""The async store protocol every backend implements (SQLite and PostgreSQL).
 
 Backends convert their driver's errors into ``StoreUnavailable``. A write method returns
 only after its transaction is durably committed; that is what lets a revoke answer 204.
@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from sidecar.sessions.models import Changes, Cutoff, Session, Touch
+from sidecar.sessions.models import Changes, Cutoff, ListPosition, Session, Touch
 
 
 class SessionStore(Protocol):
@@ -25,17 +25,37 @@ class SessionStore(Protocol):
 
     async def get(self, session_id: str) -> Session | None: ...
 
-    async def get_by_key(self, session_key: str) -> Session | None: ...
+    async def get_by_key(self, session_key: str) -> Session | None:
+        """The session whose own key is ``session_key``, or to which it is bound (``bind``)."""
+        ...
+
+    async def bind(self, session_id: str, keys: Sequence[str]) -> None:
+        """Bind token keys to an existing session, durably: tokens learned as they were
+        issued (a refresh token, a refreshed access token) belong to their login's session.
+
+        A key already bound, or that is a session's own key, keeps what it has; a session
+        that no longer exists binds nothing. Deleting a session deletes its bindings.
+        """
+        ...
 
     async def insert(self, session: Session) -> tuple[Session, bool]:
-        """Insert, or return the row that already holds ``session.session_key``.
+        """Insert, or return the row that already holds ``session.session_key`` (as its own
+        key or bound to it).
 
         Returns (row, created). Concurrent inserts of one key yield one row.
         """
         ...
 
-    async def list_active(self, user_id: str, now: float) -> list[Session]:
-        """The user's sessions that are neither revoked nor expired, newest login first."""
+    async def list_active(
+        self, user_id: str, now: float, *, limit: int | None = None, before: ListPosition | None = None
+    ) -> list[Session]:
+        """The user's sessions that are neither revoked nor expired, newest login first
+        (``created_at`` descending, ties by ``id`` ascending).
+
+        ``limit`` caps how many (None: all). ``before`` continues a listing: only sessions
+        after that position in this order, compared by value, so a session added or
+        revoked between two calls never shifts another one across the boundary.
+        """
         ...
 
     async def count_active(self, now: float) -> int:

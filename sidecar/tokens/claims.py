@@ -18,6 +18,12 @@ from sidecar.errors import InvalidToken
 # ASCII so none of those layers can be surprised (SECURITY_CASES A12).
 _IDENTIFIER = re.compile(r"[\x21-\x7e]{1,255}")
 _MAX_INT_ID = 2**63
+# The largest NumericDate we accept, for exp, nbf and iat alike, int or float:
+# 9999-12-31T23:59:59Z. The sessions API writes these times in RFC 3339, whose years have
+# four digits, and time.gmtime overflows not far beyond; I-JSON's 2**53 (RFC 7493 2.2) would
+# still let a year-285,000,000 exp in (and 1e308 past it as a float). A bound on the value,
+# not on its JSON type, so 1e308 and 10**20 are refused by the same rule.
+MAX_NUMERIC_DATE = 253_402_300_799
 # Forwarded claim values: visible ASCII and inner spaces, at most 1 KiB.
 _HEADER_VALUE = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]{0,1022}[\x21-\x7e])?")
 
@@ -66,10 +72,12 @@ def _number(payload: Mapping[str, Any], name: str, *, required: bool) -> float |
     # NumericDate is a JSON number (RFC 7519 section 2); bool is not one, nor is 1e400.
     if isinstance(v, bool) or not isinstance(v, int | float):
         raise InvalidToken(f"bad_{name}", type(v).__name__)
-    f = float(v) if not isinstance(v, int) or abs(v) < 2**53 else math.inf
-    if not math.isfinite(f):
+    # Compare before converting: a huge int must not become a float (or raise) first.
+    if isinstance(v, float) and not math.isfinite(v):
         raise InvalidToken(f"bad_{name}", "not finite")
-    return f
+    if not -MAX_NUMERIC_DATE <= v <= MAX_NUMERIC_DATE:
+        raise InvalidToken(f"bad_{name}", "beyond year 9999")
+    return float(v)
 
 
 def _identifier(value: Any, what: str) -> str:

@@ -3,25 +3,30 @@
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import json
 import logging
+import re
 from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from sidecar.enrich.client_ip import IPAddress, parse_address
 from sidecar.errors import InvalidToken, SessionRejected
 from sidecar.sessions.service import ClientInfo
 from sidecar.web import audit
 from sidecar.web.api import NOT_FOUND, session_id_from
-from sidecar.web.envelope import ApiError, session_json, success
+from sidecar.web.envelope import ApiError, page, session_json, success
 from sidecar.web.keys import ADMIN_ACTOR, SERVICES
+from sidecar.web.paging import next_cursor, page_params
 
 log = logging.getLogger(__name__)
 
 MAX_BODY = 64 * 1024
+MAX_USER_AGENT = 4096
+# C0 controls but HTAB, DEL, C1 controls and lone surrogates (which no store can encode).
+_NOT_IN_A_HEADER = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\ud800-\udfff]")
 _ADMIN_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="sidecar-admin"'}
 
 
@@ -66,24 +71,40 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
     return body
 
 
+def _ip_address(raw: Any) -> IPAddress | None:
+    """The client address as the check path reads one (``parse_address``: zone ids dropped,
+    ``[v6]:port`` and ``v4:port`` accepted); anything else, or any control or non-ASCII
+    character anywhere in it (a zone id is an interface name), is a 400."""
+    if raw is None:
+        return None
+    ip = parse_address(raw) if isinstance(raw, str) and raw.isascii() and raw.isprintable() else None
+    if ip is None:
+        raise ApiError(400, "Field 'ip_address' must be an IP address")
+    return ip
+
+
+def _user_agent(raw: Any) -> str | None:
+    """The login request's User-Agent: at most 4096 characters, none of them a control
+    character. A real header cannot carry one (only HTAB, which passes), so a value that
+    does is refused (400) rather than quietly cleaned."""
+    if raw is None:
+        return None
+    if not isinstance(raw, str) or len(raw) > MAX_USER_AGENT or _NOT_IN_A_HEADER.search(raw):
+        raise ApiError(
+            400,
+            f"Field 'user_agent' must be a string of at most {MAX_USER_AGENT} characters without control characters",
+        )
+    return raw
+
+
 async def register_session(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     body = await _json_body(request)
     token = body.get("token")
     if not isinstance(token, str) or not token:
         raise ApiError(400, "Field 'token' must be a non-empty string")
-    ip_raw = body.get("ip_address")
-    ip = None
-    if ip_raw is not None:
-        if not isinstance(ip_raw, str):
-            raise ApiError(400, "Field 'ip_address' must be an IP address")
-        try:
-            ip = ipaddress.ip_address(ip_raw.strip())
-        except ValueError as e:
-            raise ApiError(400, "Field 'ip_address' must be an IP address") from e
-    user_agent = body.get("user_agent")
-    if user_agent is not None and (not isinstance(user_agent, str) or len(user_agent) > 4096):
-        raise ApiError(400, "Field 'user_agent' must be a string of at most 4096 characters")
+    ip = _ip_address(body.get("ip_address"))
+    user_agent = _user_agent(body.get("user_agent"))
     try:
         claims = await services.verifier.verify(token)
     except InvalidToken as e:
@@ -101,8 +122,10 @@ async def register_session(request: web.Request) -> web.Response:
 
 async def list_user_sessions(request: web.Request) -> web.Response:
     user_id = _user_id(request)
-    sessions = await request.app[SERVICES].sessions.list_active(user_id)
-    return success("Sessions retrieved successfully", [session_json(s, with_user=True) for s in sessions])
+    limit, before = page_params(request)
+    found = await request.app[SERVICES].sessions.list_page(user_id, limit=limit, before=before)
+    data = [session_json(s, with_user=True) for s in found.sessions]
+    return page("Sessions retrieved successfully", data, next_cursor(found.next))
 
 
 async def revoke_user(request: web.Request) -> web.Response:

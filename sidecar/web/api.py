@@ -8,8 +8,9 @@ import re
 from aiohttp import web
 
 from sidecar.web import audit
-from sidecar.web.envelope import ApiError, session_json, success
+from sidecar.web.envelope import ApiError, page, session_json, success
 from sidecar.web.keys import API_RATE, SERVICES
+from sidecar.web.paging import next_cursor, page_params
 from sidecar.web.requests import authenticate, client_of
 
 log = logging.getLogger(__name__)
@@ -38,17 +39,20 @@ def _rate_limit(request: web.Request) -> None:
 
 async def list_sessions(request: web.Request) -> web.Response:
     _rate_limit(request)
+    limit, before = page_params(request)
     claims, current = await authenticate(request)
-    sessions = await request.app[SERVICES].sessions.list_active(claims.user_id)
-    data = [session_json(s, current_id=current) for s in sessions]
-    return success("Sessions retrieved successfully", data)
+    found = await request.app[SERVICES].sessions.list_page(claims.user_id, limit=limit, before=before)
+    data = [session_json(s, current_id=current) for s in found.sessions]
+    return page("Sessions retrieved successfully", data, next_cursor(found.next))
 
 
 async def delete_other_sessions(request: web.Request) -> web.Response:
     _rate_limit(request)
     claims, current = await authenticate(request)
     services = request.app[SERVICES]
-    revoked = await services.sessions.revoke_user(claims.user_id, keep_session_key=claims.session_key)
+    # The caller's session by its own key: a token a refresh minted is bound to it.
+    keep = await services.sessions.own_key(claims)
+    revoked = await services.sessions.revoke_user(claims.user_id, keep_session_key=keep)
     services.metrics.revocations.labels("sessions", "others").inc()
     log.info(
         "All sessions deleted successfully: user %s revoked %d other session(s), kept %s",

@@ -11,11 +11,12 @@ from aiohttp import web
 from sidecar.clock import SystemClock
 from sidecar.config import Settings
 from sidecar.routes import RouteTable
-from sidecar.web import admin, api, health
+from sidecar.web import admin, api, capture, health
 from sidecar.web.envelope import error_middleware
 from sidecar.web.introspect import CHECK, Check
 from sidecar.web.keys import API_RATE, SERVICES
 from sidecar.web.limits import InFlight, RateLimiter
+from sidecar.web.listener import server_logger
 from sidecar.web.openapi import add_openapi_routes
 from sidecar.web.services import Services, open_services
 
@@ -25,14 +26,23 @@ MAX_LINE_SIZE = 16 * 1024
 MAX_FIELD_SIZE = 16 * 1024
 
 
-def runner_kwargs(settings: Settings) -> dict[str, Any]:
-    """What every AppRunner of the sidecar is built with (the CLI and the tests alike)."""
+def handler_kwargs(settings: Settings) -> dict[str, Any]:
+    """What every connection's aiohttp RequestHandler is built with."""
     return {
         "access_log": logging.getLogger("sidecar.access") if settings.server.access_log else None,
-        "shutdown_timeout": settings.server.shutdown_timeout_seconds,
         "max_line_size": MAX_LINE_SIZE,
         "max_field_size": MAX_FIELD_SIZE,
+        # Parser errors quote the request's bytes (a token, an admin key): one line instead.
+        "logger": server_logger(),
+        # Idle keep-alive connections (and requests part-sent after the first) are closed
+        # this long after their last response.
+        "keepalive_timeout": settings.server.keepalive_timeout_seconds,
     }
+
+
+def runner_kwargs(settings: Settings) -> dict[str, Any]:
+    """What every AppRunner of the sidecar is built with (the CLI and the tests alike)."""
+    return {**handler_kwargs(settings), "shutdown_timeout": settings.server.shutdown_timeout_seconds}
 
 
 def create_app(settings: Settings, services: Services | None = None) -> web.Application:
@@ -60,6 +70,7 @@ def create_app(settings: Settings, services: Services | None = None) -> web.Appl
     app.router.add_route("*", "/introspect", check.handle)
     app.router.add_route("*", r"/introspect/{tail:[\s\S]*}", check.handle)
     api.add_routes(app)
+    capture.add_routes(app, settings.capture)
     health.add_routes(app)
     add_openapi_routes(app)
     return app

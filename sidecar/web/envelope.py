@@ -38,6 +38,15 @@ def success(message: str, data: Any, status: int = 200) -> web.Response:
     )
 
 
+def page(message: str, data: list[Any], next_cursor: str | None) -> web.Response:
+    """A success envelope for one page of a listing: ``next`` is the cursor of the next
+    page (``?before=``), null on the last, so a client that only reads ``data`` gets page one."""
+    return web.json_response(
+        {"status": "success", "status_code": 200, "message": message, "data": data, "next": next_cursor},
+        headers={"Cache-Control": "no-store"},
+    )
+
+
 def error(status: int, message: str, headers: Mapping[str, str] | None = None) -> web.Response:
     return web.json_response(
         {"status": "error", "status_code": status, "message": message, "data": {}},
@@ -46,9 +55,24 @@ def error(status: int, message: str, headers: Mapping[str, str] | None = None) -
     )
 
 
+# What RFC 3339 can write (four-digit years): 0001-01-01T00:00:00Z .. 9999-12-31T23:59:59Z.
+_MIN_RFC3339 = -62_135_596_800
+_MAX_RFC3339 = 253_402_300_799
+
+
 def rfc3339(ts: float) -> str:
-    """Epoch seconds -> '2025-02-27T10:00:00Z' (RFC 3339, UTC, whole seconds)."""
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+    """Epoch seconds -> '2025-02-27T10:00:00Z' (RFC 3339, UTC, whole seconds).
+
+    A stored time outside what RFC 3339 can write (or NaN) is clamped to its bounds rather
+    than raised: the verifier refuses such an ``exp``, but a row written before it did must
+    not turn a listing into a 500.
+    """
+    if not ts >= _MIN_RFC3339:  # NaN fails every comparison
+        ts = _MIN_RFC3339
+    elif ts > _MAX_RFC3339:
+        ts = _MAX_RFC3339
+    t = time.gmtime(ts)
+    return f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}T{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}Z"
 
 
 def session_json(s: Session, *, current_id: str | None = None, with_user: bool = False) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from typing import Any, Final
 from aiohttp import web
 
 from sidecar import __version__
+from sidecar.web.paging import CURSOR_MESSAGE, DEFAULT_LIMIT, LIMIT_MESSAGE, MAX_LIMIT
 
 PATH: Final = "/api/v1/openapi.json"
 
@@ -58,14 +59,52 @@ def _error(status: int, message: str, description: str, headers: dict[str, Any] 
     }
 
 
-def _success(message: str, data: dict[str, Any], description: str) -> dict[str, Any]:
+def _success(message: str, data: dict[str, Any], description: str, *, paged: bool = False) -> dict[str, Any]:
+    """A success response: the envelope with this exact message; ``paged`` ones carry ``next``."""
+    properties: dict[str, Any] = {"status_code": {"const": 200}, "message": {"const": message}, "data": data}
+    part: dict[str, Any] = {"properties": properties}
+    if paged:
+        part["required"] = ["next"]
+    else:
+        properties["next"] = False  # only listings have it
+    schema = {"allOf": [_schema("Success"), part]}
+    return {"description": description, "headers": {"Cache-Control": _header("NoStore")}, "content": _json(schema)}
+
+
+def _error_of(status: int, messages: tuple[str, ...], description: str) -> dict[str, Any]:
+    """An error response that may carry any one of ``messages``."""
     schema = {
         "allOf": [
-            _schema("Success"),
-            {"properties": {"status_code": {"const": 200}, "message": {"const": message}, "data": data}},
+            _schema("Error"),
+            {"properties": {"status_code": {"const": status}, "message": {"enum": list(messages)}}},
         ]
     }
     return {"description": description, "headers": {"Cache-Control": _header("NoStore")}, "content": _json(schema)}
+
+
+_PAGE_PARAMETERS = [
+    {
+        "name": "limit",
+        "in": "query",
+        "required": False,
+        "description": (
+            f"How many sessions per page: {DEFAULT_LIMIT} when absent, at most {MAX_LIMIT}. Anything "
+            "else (0, 1001, not a decimal integer, given twice) is a 400."
+        ),
+        "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT},
+    },
+    {
+        "name": "before",
+        "in": "query",
+        "required": False,
+        "description": (
+            "Continue a listing: the `next` of the previous page, as given (an opaque string). "
+            "Sessions added or revoked between two page reads make no other session skip a page "
+            "or repeat. A malformed cursor is a 400."
+        ),
+        "schema": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": "^[A-Za-z0-9_-]+$"},
+    },
+]
 
 
 _SESSION_ID_PARAMETER = {
@@ -209,6 +248,13 @@ def _components() -> dict[str, Any]:
                     "status_code": {"type": "integer", "minimum": 200, "maximum": 299},
                     "message": {"type": "string", "minLength": 1},
                     "data": {},
+                    "next": {
+                        "type": ["string", "null"],
+                        "description": (
+                            "Listings only: the cursor of the next page (pass it as `?before=`), "
+                            "null on the last page."
+                        ),
+                    },
                 },
             },
             "Session": {
@@ -317,6 +363,11 @@ def _components() -> dict[str, Any]:
                 {"Retry-After": _header("RetryAfter")},
             ),
             "InvalidSessionId": _error(400, "Invalid session id", "The id is not a UUID."),
+            "InvalidPage": _error_of(
+                400,
+                (LIMIT_MESSAGE, CURSOR_MESSAGE),
+                "`limit` is out of range or not an integer, or `before` is not a cursor this API gave.",
+            ),
             "SessionNotFound": _error(
                 404,
                 "Session not found",
@@ -343,10 +394,20 @@ def build_document() -> dict[str, Any]:
             "get": {
                 "tags": ["sessions"],
                 "operationId": "list_sessions",
-                "summary": "My active sessions, newest login first, mine marked current",
+                "summary": "My active sessions, newest login first, mine marked current, a page at a time",
+                "description": (
+                    "Newest login first, ties by id. One page of at most `limit` sessions; `next` "
+                    "is the cursor of the following page, null on the last, so a client that "
+                    "reads only `data` gets the first page."
+                ),
                 "security": [{"bearer": []}],
+                "parameters": _PAGE_PARAMETERS,
                 "responses": {
-                    "200": _success("Sessions retrieved successfully", sessions_list, "The caller's active sessions."),
+                    "200": _success(
+                        "Sessions retrieved successfully", sessions_list, "One page of the caller's active sessions.",
+                        paged=True,
+                    ),
+                    "400": _response("InvalidPage"),
                     "401": _response("Unauthorized"),
                     "429": _response("RateLimited"),
                     "503": _response("StoreUnavailable"),

@@ -47,6 +47,7 @@ class Services:
             "revision_applied": self.sessions.revision,
             "revocations_fresh": float(self.sessions.fresh),
             "redis_connected": float(self.push is not None and self.push.connected),
+            "redis_messages_received": float(self.push.received if self.push is not None else 0),
         }
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import uuid
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -91,11 +92,87 @@ async def sessions_of(http: aiohttp.ClientSession, gateway: Gateway, token: str)
     return data
 
 
+def reached(upstream: Upstream, marker: str) -> bool:
+    """Whether any request the upstream received had ``marker`` in its path."""
+    if not upstream.record.exists():
+        return False
+    return any(marker in line for line in upstream.record.read_text().splitlines())
+
+
 class GatewayContract:
     """Tests shared by test_nginx.py and test_envoy.py; subclasses set the statuses."""
 
     # What the client gets when the check cannot be answered (down, hung, 5xx).
     refused_on_sidecar_failure: ClassVar[int]
+
+    # ------------------------------------------------------------ 0. route policies (E41)
+
+    async def test_public_route_reaches_the_app_without_a_token_and_without_identity(
+        self, http: aiohttp.ClientSession, gateway: Gateway, upstream: Upstream
+    ) -> None:
+        """A public route is answered by the app with no token, and forged identity never arrives."""
+        path = "/public/" + uuid.uuid4().hex
+        reply = await send(http, gateway, "POST", path, {"X-Auth-User": "mallory"})
+        assert reply.status == 200, reply.body
+        seen = only_request(upstream, path)
+        assert values(seen, "X-Auth-User") == []
+        assert values(seen, "X-Auth-Session") == []
+
+    async def test_public_route_ignores_a_bad_token(
+        self, http: aiohttp.ClientSession, gateway: Gateway, upstream: Upstream
+    ) -> None:
+        """On a public route credentials are not looked at: an expired token still reaches the app."""
+        path = "/public/" + uuid.uuid4().hex
+        reply = await send(http, gateway, "GET", path, bearer(mint("pia", ttl=-60)))
+        assert reply.status == 200
+        assert values(only_request(upstream, path), "X-Auth-User") == []
+
+    async def test_optional_route_is_anonymous_without_a_token(
+        self, http: aiohttp.ClientSession, gateway: Gateway, upstream: Upstream
+    ) -> None:
+        """GET on an optional route without a token reaches the app anonymously; with one, with identity."""
+        anonymous = "/optional/" + uuid.uuid4().hex
+        assert (await send(http, gateway, "GET", anonymous)).status == 200
+        assert values(only_request(upstream, anonymous), "X-Auth-User") == []
+        known = "/optional/" + uuid.uuid4().hex
+        assert (await send(http, gateway, "GET", known, bearer(mint("quinn")))).status == 200
+        assert values(only_request(upstream, known), "X-Auth-User") == ["quinn"]
+
+    async def test_optional_route_refuses_a_bad_token_and_other_methods(
+        self, http: aiohttp.ClientSession, gateway: Gateway, upstream: Upstream
+    ) -> None:
+        """A bad token on an optional route, or a POST to it without one, is refused before the app."""
+        bad = "/optional/" + uuid.uuid4().hex
+        assert_refused_401(await send(http, gateway, "GET", bad, bearer(mint("rosa", ttl=-60))))
+        post = "/optional/" + uuid.uuid4().hex
+        assert_refused_401(await send(http, gateway, "POST", post))
+        assert upstream.received(bad) == [] and upstream.received(post) == []
+
+    @pytest.mark.parametrize(
+        "spelling",
+        [
+            "/public/../probe/{m}",
+            "/public/%2e%2e/probe/{m}",
+            "/public/%2E%2E/probe/{m}",
+            "/public/.%2e/probe/{m}",
+            "/public%2f..%2fprobe/{m}",
+            "/public/..%2fprobe/{m}",
+            "/public;x/../probe/{m}",
+            "/public/..;/probe/{m}",
+            "//public/../probe/{m}",
+            "/public/%252e%252e/probe/{m}",
+            "/PUBLIC/../probe/{m}",
+            "/optional/../probe/{m}",
+        ],
+    )
+    async def test_path_confusion_never_turns_a_protected_path_public(
+        self, http: aiohttp.ClientSession, gateway: Gateway, upstream: Upstream, spelling: str
+    ) -> None:
+        """Spellings that lead from a public prefix to a protected path never reach the app without a token."""
+        marker = uuid.uuid4().hex
+        reply = await send(http, gateway, "GET", spelling.format(m=marker))
+        assert not 200 <= reply.status < 300, (reply.status, reply.body[:200])
+        assert not reached(upstream, marker)
 
     # ------------------------------------------------------------ 1. identity from the sidecar
 

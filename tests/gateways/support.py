@@ -160,11 +160,10 @@ def running(
     ``env`` adds to (or overrides) this process's environment for the child.
     """
     log = workdir / f"{name}.log"
-    child_env = None if env is None else {**os.environ, **env}
     with log.open("wb") as out:
         proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd=workdir,
-            env=child_env,
+            env=None if env is None else {**os.environ, **env},
         )
     service = Service(name, proc, log)
     try:
@@ -221,8 +220,8 @@ def sidecar_config(port: int, database: Path, *, jwt: str = "", extra: str = "")
     """The gateway tests' sidecar configuration.
 
     ``jwt`` holds more ``key = value`` lines for the ``[jwt]`` section (e.g.
-    ``user_claim = "user_id"``); ``extra`` is appended at the end (more sections,
-    ``[[routes]]`` entries).
+    ``user_claim = "user_id"``); ``extra`` is appended at the end, after the contract's
+    two ``[[routes]]`` entries (more entries, which match after those, or more tables).
     """
     # The gateways reach the sidecar from 127.0.0.1: that hop, and only it, is trusted.
     # Clients of the tests connect from 127.0.0.2 when they need to be told apart from it.
@@ -244,6 +243,17 @@ last_seen_flush_seconds = 0.2
 
 [storage]
 url = "sqlite:///{database}"
+
+# Route policies the contract exercises: /public/* needs nothing, GET /optional/* a token
+# only when one is sent; everything else (the /probe/... paths) the normal check.
+[[routes]]
+path = "/public/*"
+policy = "public"
+
+[[routes]]
+path = "/optional/*"
+methods = ["GET", "HEAD"]
+policy = "optional"
 {extra}"""
 
 

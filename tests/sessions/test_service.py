@@ -221,20 +221,69 @@ async def test_purged_session_comes_back_as_a_row(store: SlowStore) -> None:
 
 
 async def test_applied_revocations_report_their_propagation_delay(store: SlowStore) -> None:
-    """Applying another process's revocation reports how long it took; re-applying reports nothing."""
+    """A catch-up that applies another process's revocation reports how long it took, under
+    the trigger it was given; catching up again reports nothing."""
     clock = ManualClock(T0)
     svc = service(store, clock)
-    seen: list[tuple[str, float]] = []
-    svc.on_propagated = lambda via, seconds: seen.append((via, seconds))
-    sid = await svc.check(claims(), CLIENT)
-    row = await store.revoke(sid, T0)
-    assert row is not None
-    clock.advance(0.25)
-    svc.apply([row], [], via="redis")
-    svc.apply([row], [], via="store")
-    assert seen == [("redis", 0.25)]
-    with pytest.raises(SessionRejected, match="revoked"):
-        await svc.check(claims(), CLIENT)
+    await svc.start()
+    try:
+        seen: list[tuple[str, float]] = []
+        svc.on_propagated = lambda via, seconds: seen.append((via, seconds))
+        sid = await svc.check(claims(), CLIENT)
+        await svc.check(claims("bob", key="sid:bob"), CLIENT)
+        assert await store.revoke(sid, T0) is not None
+        await store.revoke_user("bob", T0 + 0.1, None)
+        clock.advance(0.25)
+        await svc.catch_up(via="redis")
+        await svc.catch_up(via="store")
+        # bob's session and bob's cut-off at T0 + 0.1, alice's session at T0.
+        assert [(via, round(seconds, 6)) for via, seconds in sorted(seen)] == [
+            ("redis", 0.15), ("redis", 0.15), ("redis", 0.25),
+        ]
+        with pytest.raises(SessionRejected, match="revoked"):
+            await svc.check(claims(), CLIENT)
+    finally:
+        await svc.stop()
+
+
+async def test_catch_up_never_loosens_a_cutoff_in_memory(store: SlowStore) -> None:
+    """A cut-off in memory is replaced only by the one the store keeps: an earlier "log out
+    others" from a host whose clock is behind, exempting another session, changes nothing."""
+    svc = service(store, ManualClock(T0 + 10))
+    behind = service(store, ManualClock(T0 + 5))
+    await svc.check(claims(key="sid:keep", iat=T0), CLIENT)
+    await svc.start()
+    try:
+        await svc.revoke_user("alice", keep_session_key="sid:keep")  # cut-off T0 + 10
+        await behind.revoke_user("alice", keep_session_key="sid:stolen")  # earlier: the store keeps ours
+        await svc.catch_up()
+        with pytest.raises(SessionRejected, match="cut_off"):
+            await svc.check(claims(key="sid:stolen", iat=T0 + 7), CLIENT)
+        stored = await store.get_cutoff("alice")
+        assert stored is not None and (stored.cutoff_at, stored.exempt_session_key) == (T0 + 10, "sid:keep")
+    finally:
+        await svc.stop()
+
+
+async def test_local_log_out_others_with_an_earlier_clock_keeps_the_later_cutoff(store: SlowStore) -> None:
+    """A "log out others" whose time is earlier than the cut-off memory holds (another host's
+    clock ahead) leaves memory as strict as the store, which keeps the later cut-off."""
+    ahead = service(store, ManualClock(T0 + 10))
+    svc = service(store, ManualClock(T0 + 5))
+    await svc.check(claims(key="sid:mine", iat=T0 + 6), CLIENT)  # memory holds alice's cut-off: none
+    await svc.start()
+    try:
+        await ahead.revoke_user("alice", keep_session_key=None)  # an admin "revoke user" at T0 + 10
+        await svc.catch_up()
+        await svc.revoke_user("alice", keep_session_key="sid:other")  # at T0 + 5 by our clock
+        stored = await store.get_cutoff("alice")
+        assert stored is not None and (stored.cutoff_at, stored.exempt_session_key) == (T0 + 10, None)
+        with pytest.raises(SessionRejected, match="cut_off"):
+            await svc.check(claims(key="sid:other", iat=T0 + 7), CLIENT)
+        with pytest.raises(SessionRejected, match="cut_off"):
+            await service(store, ManualClock(T0 + 5)).check(claims(key="sid:other", iat=T0 + 7), CLIENT)
+    finally:
+        await svc.stop()
 
 
 async def test_catch_up_applies_what_another_process_revoked(store: SlowStore) -> None:

@@ -25,7 +25,7 @@ import pytest
 
 from sidecar.config import StorageSettings
 from sidecar.errors import StoreUnavailable
-from sidecar.sessions import Session, SessionStore, Touch, store_from_settings
+from sidecar.sessions import ListPosition, Session, SessionStore, Touch, store_from_settings
 from sidecar.sessions.sqlite import SCHEMA_VERSION, SqliteStore
 from tests.sessions import pg
 
@@ -133,6 +133,93 @@ async def test_list_active_is_newest_first_and_filters(store: SessionStore) -> N
         await store.insert(s)
     await store.revoke(revoked.id, NOW)
     assert [s.id for s in await store.list_active("alice", NOW)] == [new.id, old.id]
+
+
+async def read_pages(store: SessionStore, user: str, size: int, between: Callable[[int], Awaitable[None]] | None = None) -> list[list[str]]:
+    """Page through the user's listing ``size`` at a time, each page after the last one's
+    final session; ``between(n)`` runs after page n is read."""
+    pages: list[list[str]] = []
+    before: ListPosition | None = None
+    for _ in range(100):
+        rows = await store.list_active(user, NOW, limit=size, before=before)
+        assert len(rows) <= size
+        if rows:
+            pages.append([r.id for r in rows])
+        if len(rows) < size:
+            return pages
+        before = ListPosition.of(rows[-1])
+        if between is not None:
+            await between(len(pages))
+    pytest.fail("the listing never ended")
+
+
+def ten_sessions() -> list[Session]:
+    """Ten sessions of alice, three of them logged in at the same instant (ties by id)."""
+    created = [NOW - 90, NOW - 80, NOW - 50, NOW - 50, NOW - 50, NOW - 40, NOW - 30, NOW - 20, NOW - 10, NOW - 1]
+    return [session(created=c) for c in created]
+
+
+async def test_list_active_pages_cover_every_session_once_in_order(store: SessionStore) -> None:
+    """Pages of 3 over 10 sessions, each after the last one's position, list every session
+    exactly once, in the unpaged order (newest login first, ties by id)."""
+    sessions = ten_sessions()
+    for s in sessions:
+        await store.insert(s)
+    await store.insert(session("bob"))
+    full = [s.id for s in await store.list_active("alice", NOW)]
+    assert full == [s.id for s in sorted(sessions, key=lambda s: (-s.created_at, s.id))]
+    for size in (1, 3, 4, 10):
+        pages = await read_pages(store, "alice", size)
+        assert [len(p) for p in pages] == [min(size, 10 - i) for i in range(0, 10, size)]
+        assert [i for p in pages for i in p] == full, size
+
+
+async def test_list_active_order_breaks_ties_by_id(store: SessionStore) -> None:
+    """Sessions logged in at the same instant are listed by id, across a page boundary too."""
+    tied = [session(created=NOW - 5) for _ in range(5)]
+    for s in tied:
+        await store.insert(s)
+    assert [s.id for s in await store.list_active("alice", NOW)] == sorted(s.id for s in tied)
+    assert [i for p in await read_pages(store, "alice", 2) for i in p] == sorted(s.id for s in tied)
+
+
+async def test_list_active_pages_neither_skip_nor_repeat_when_sessions_change_between_reads(
+    store: SessionStore,
+) -> None:
+    """A session logged in, and sessions revoked (one already listed, one not yet), between two
+    page reads make no other session skip a page or appear twice."""
+    sessions = ten_sessions()
+    for s in sessions:
+        await store.insert(s)
+    full = [s.id for s in await store.list_active("alice", NOW)]
+    newcomer = session(created=NOW - 0.5)
+    listed_then_revoked, revoked_unlisted = full[1], full[6]
+
+    async def meanwhile(pages_read: int) -> None:
+        if pages_read == 1:
+            await store.insert(newcomer)
+            await store.revoke(listed_then_revoked, NOW)
+            await store.revoke(revoked_unlisted, NOW)
+
+    seen = [i for p in await read_pages(store, "alice", 3, meanwhile) for i in p]
+    assert len(seen) == len(set(seen))
+    assert seen == [i for i in full if i != revoked_unlisted]
+    assert newcomer.id not in seen  # logged in after the listing began: it belongs on page one
+
+
+async def test_list_active_limit_and_position_bounds(store: SessionStore) -> None:
+    """limit caps the rows; a position past the last session, or one no session holds, lists by value."""
+    sessions = ten_sessions()
+    for s in sessions:
+        await store.insert(s)
+    full = [s.id for s in await store.list_active("alice", NOW)]
+    assert [s.id for s in await store.list_active("alice", NOW, limit=1)] == full[:1]
+    assert [s.id for s in await store.list_active("alice", NOW, limit=1000)] == full
+    assert await store.list_active("alice", NOW, limit=5, before=ListPosition(NOW - 1000, "")) == []
+    between = ListPosition(NOW - 45, str(uuid.uuid4()))  # no session there: starts at the next one
+    assert [s.id for s in await store.list_active("alice", NOW, before=between)] == full[-5:]
+    assert [s.id for s in await store.list_active("alice", NOW, before=ListPosition(NOW + 1e9, ""))] == full
+    assert await store.list_active("nobody", NOW, limit=3) == []
 
 
 async def test_count_active(store: SessionStore) -> None:
@@ -748,3 +835,54 @@ def test_store_from_settings_without_asyncpg_names_the_extra(monkeypatch: pytest
     monkeypatch.setitem(sys.modules, "asyncpg", None)
     with pytest.raises(StoreUnavailable, match=r"pip install 'sidecar\[postgres\]'"):
         store_from_settings(StorageSettings(url="postgresql://db.internal/sessions"))
+
+
+async def test_bound_keys_read_back_their_session(store: SessionStore) -> None:
+    """A key bound to a session reads back that session by get_by_key, durably and idempotently."""
+    s = session(key="sha256:login")
+    await store.insert(s)
+    await store.bind(s.id, ["sha256:refreshed", "rt:refresh-token"])
+    await store.bind(s.id, ["sha256:refreshed"])  # again: no error, no change
+    assert await store.get_by_key("sha256:refreshed") == s
+    assert await store.get_by_key("rt:refresh-token") == s
+    assert await store.get_by_key(s.session_key) == s
+    assert await store.get_by_key("rt:never-bound") is None
+
+
+async def test_a_bound_key_keeps_its_first_session(store: SessionStore) -> None:
+    """Binding a key again to another session, or binding another session's own key, changes nothing."""
+    first, second = session(key="sid:first"), session(key="sid:second")
+    await store.insert(first)
+    await store.insert(second)
+    await store.bind(first.id, ["rt:shared"])
+    await store.bind(second.id, ["rt:shared", "sid:first"])
+    assert await store.get_by_key("rt:shared") == first
+    assert await store.get_by_key("sid:first") == first
+    await store.bind(str(uuid.uuid4()), ["rt:orphan"])  # no such session: nothing bound
+    assert await store.get_by_key("rt:orphan") is None
+
+
+async def test_bindings_follow_revocation_and_go_with_their_session(store: SessionStore) -> None:
+    """A bound key reads the session as revoked once it is, and is gone once cleanup deletes it."""
+    s = session(key="sha256:gone", expires=NOW - 10)
+    await store.insert(s)
+    await store.bind(s.id, ["rt:gone"])
+    await store.revoke(s.id, NOW - 1000)
+    bound = await store.get_by_key("rt:gone")
+    assert bound is not None and bound.revoked_at == NOW - 1000
+    assert await store.purge_sessions(NOW, NOW - 500, 10) == 1
+    assert await store.get_by_key("rt:gone") is None
+    # The key can be bound afresh to a new session afterwards.
+    again = session(key="sha256:again")
+    await store.insert(again)
+    await store.bind(again.id, ["rt:gone"])
+    assert await store.get_by_key("rt:gone") == again
+
+
+async def test_inserting_a_bound_key_returns_its_session(store: SessionStore) -> None:
+    """A new session whose key is already bound to another is that session, not a second row."""
+    s = session(key="sid:login")
+    await store.insert(s)
+    await store.bind(s.id, ["sha256:refreshed"])
+    row, created = await store.insert(session(key="sha256:refreshed"))
+    assert not created and row == s

@@ -447,6 +447,28 @@ async def test_time_claim_that_is_not_a_finite_number_is_refused(
     assert await reason(v, token) in {f"bad_{claim}", "non_json_number", "malformed"}
 
 
+BEYOND_YEAR_9999 = ["1e308", "-1e308", "253402300800", "-253402300800", "253402300799.5", "9007199254740991", "1e16"]
+
+
+@pytest.mark.parametrize("literal", BEYOND_YEAR_9999)
+@pytest.mark.parametrize("claim", ["exp", "nbf", "iat"])
+async def test_time_claim_beyond_year_9999_is_refused_whatever_its_json_type(
+    tmp_path: Path, claim: str, literal: str
+) -> None:
+    """exp/nbf/iat beyond 9999-12-31T23:59:59Z are refused as ints and as floats alike (1e308 included)."""
+    v = make(tmp_path)
+    token = sign_with("HS256", HS256, raw_payload(**{claim: literal}), SECRET)
+    assert await reason(v, token) == f"bad_{claim}"
+
+
+@pytest.mark.parametrize("literal", ["253402300799", "253402300799.0", "2.5e11"])
+async def test_exp_up_to_year_9999_is_accepted_as_int_or_float(tmp_path: Path, literal: str) -> None:
+    """An exp at or below 9999-12-31T23:59:59Z is a valid NumericDate, written as an int or a float."""
+    v = make(tmp_path)
+    token = sign_with("HS256", HS256, raw_payload(exp=literal), SECRET)
+    assert (await v.verify(token)).expires_at == float(literal)
+
+
 async def test_cached_token_is_rechecked_for_expiry(tmp_path: Path, clock: ManualClock) -> None:
     """A token verified (and cached) before its exp is refused once the clock passes exp (A7, D35)."""
     v = make(tmp_path, clock)

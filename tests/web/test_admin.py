@@ -72,7 +72,7 @@ async def test_register_session_then_list_it(tmp_path: object, start_sidecar: ob
         (b'{"token": "x.y.z"}', 422, "Token is not valid"),
         (b'{"token": "TOKEN", "ip_address": "999.1.1.1"}', 400, "Field 'ip_address' must be an IP address"),
         (b'{"token": "TOKEN", "ip_address": 5}', 400, "Field 'ip_address' must be an IP address"),
-        (b'{"token": "TOKEN", "user_agent": ["x"]}', 400, "Field 'user_agent' must be a string of at most 4096 characters"),
+        (b'{"token": "TOKEN", "user_agent": ["x"]}', 400, "Field 'user_agent' must be a string of at most 4096 characters without control characters"),
     ],
 )
 async def test_register_rejects_bad_bodies(sidecar: Sidecar, body: bytes, status: int, message: str) -> None:
@@ -154,3 +154,44 @@ async def test_password_change_flow_new_token_works_at_once(sidecar: Sidecar) ->
         assert resp.status == 204
     assert await sidecar.check(mint("alice")) == 200
     assert await sidecar.check(old) == 401
+
+
+async def test_list_user_sessions_pages_with_limit_and_next(sidecar: Sidecar) -> None:
+    """GET /admin/v1/users/{id}/sessions pages by ?limit= and ?before=<next>, newest first, next null at the end."""
+    ids = []
+    for _ in range(5):
+        async with sidecar.public.get("/introspect", headers=bearer(mint("alice"))) as resp:
+            assert resp.status == 200
+            ids.append(resp.headers["X-Auth-Session"])
+    async with sidecar.admin.get("/admin/v1/users/alice/sessions", headers=ADMIN) as resp:
+        body = await resp.json()
+    assert [s["id"] for s in body["data"]] == list(reversed(ids)) and body["next"] is None
+    seen: list[str] = []
+    query = "?limit=2"
+    while True:
+        async with sidecar.admin.get(f"/admin/v1/users/alice/sessions{query}", headers=ADMIN) as resp:
+            assert resp.status == 200
+            body = await resp.json()
+        assert len(body["data"]) <= 2
+        seen += [s["id"] for s in body["data"]]
+        if body["next"] is None:
+            break
+        query = f"?limit=2&before={body['next']}"
+    assert seen == list(reversed(ids))
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ("?limit=0", "Parameter 'limit' must be an integer from 1 to 1000"),
+        ("?limit=1001", "Parameter 'limit' must be an integer from 1 to 1000"),
+        ("?limit=ten", "Parameter 'limit' must be an integer from 1 to 1000"),
+        ("?before=not*a*cursor", "Invalid cursor"),
+        ("?before=WzEsMl0", "Invalid cursor"),  # base64url of [1,2]
+    ],
+)
+async def test_list_user_sessions_bad_page_parameters_are_400(sidecar: Sidecar, query: str, message: str) -> None:
+    """A bad limit or cursor on the admin listing is a 400 in the error envelope."""
+    async with sidecar.admin.get(f"/admin/v1/users/alice/sessions{query}", headers=ADMIN) as resp:
+        assert resp.status == 400
+        assert await resp.json() == {"status": "error", "status_code": 400, "message": message, "data": {}}

@@ -139,3 +139,14 @@ async def test_refresh_tokens_are_refused_with_the_type_rule(ageless: Sidecar) -
     assert await use(ageless, refresh) == 401
     async with ageless.public.get("/api/v1/sessions/", headers=bearer(refresh)) as resp:
         assert resp.status == 401
+
+
+async def test_tokens_without_a_session_claim_are_told_once(
+    ageless: Sidecar, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The first token without sid or jti logs, once per process, that each such token is its own session."""
+    with caplog.at_level(logging.WARNING, logger="sidecar.tokens.verifier"):
+        for _ in range(3):
+            assert await use(ageless, boilerplate_token(str(uuid.uuid4()))) == 200
+    told = [r for r in caplog.records if "its own session" in r.getMessage()]
+    assert len(told) == 1

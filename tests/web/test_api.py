@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import re
+import sys
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
-from tests.conftest import CHROME_WINDOWS, Sidecar, bearer, mint
+from sidecar.sessions import Session
+from sidecar.sessions.sqlite import SqliteStore
+from tests.conftest import CHROME_WINDOWS, SECRET, Sidecar, bearer, mint, write_toml
+from tests.gateways.support import free_ports, log_says, running
 
 UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
 RFC3339_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
@@ -278,3 +286,208 @@ async def test_last_seen_moves_without_a_write_per_request(sidecar: Sidecar) -> 
     await asyncio.sleep(0.5)  # the test settings flush every 0.2 s
     stored = await sidecar.services.store.get(listed["id"])
     assert stored is not None and stored.last_seen >= time.time() - 2
+
+
+# ---------------------------------------------------------------- pages (OWASP API4)
+
+
+def stored_session(user: str, created_at: float) -> Session:
+    """A session row as registration writes it (inserted straight into the store: many, fast)."""
+    return Session(
+        id=str(uuid.uuid4()), session_key=f"sid:{uuid.uuid4()}", user_id=user, created_at=created_at,
+        last_seen=created_at, expires_at=time.time() + 3600, revoked_at=None, ip_address="203.0.113.7",
+        device="curl", location="Unknown",
+    )
+
+
+async def add_sessions(sidecar: Sidecar, user: str, count: int, *, newest: float | None = None) -> list[str]:
+    """Insert ``count`` sessions of ``user``, one second apart and older than ``newest``; their ids, newest first."""
+    top = newest if newest is not None else time.time() - 60
+    ids = []
+    for i in range(count):
+        row, _ = await sidecar.services.store.insert(stored_session(user, top - i))
+        ids.append(row.id)
+    return ids
+
+
+async def listing(sidecar: Sidecar, token: str, query: str = "") -> dict[str, Any]:
+    async with sidecar.public.get(f"/api/v1/sessions/{query}", headers=bearer(token)) as resp:
+        assert resp.status == 200, await resp.text()
+        body: dict[str, Any] = await resp.json()
+        return body
+
+
+async def test_list_pages_cover_every_session_once_and_the_last_says_so(sidecar: Sidecar) -> None:
+    """?limit=3 pages through 7 sessions by following "next": every session once, in order, next null at the end."""
+    token = mint("alice")
+    mine = await register(sidecar, token)
+    older = await add_sessions(sidecar, "alice", 6)
+    first = await listing(sidecar, token)
+    assert [s["id"] for s in first["data"]] == [mine, *older]
+    assert first["next"] is None
+    seen, query, sizes = [], "?limit=3", []
+    for _ in range(10):
+        body = await listing(sidecar, token, query)
+        sizes.append(len(body["data"]))
+        seen += [s["id"] for s in body["data"]]
+        if body["next"] is None:
+            break
+        assert isinstance(body["next"], str) and re.fullmatch(r"[A-Za-z0-9_-]+", body["next"])
+        query = f"?limit=3&before={body['next']}"
+    assert sizes == [3, 3, 1]
+    assert seen == [mine, *older]
+
+
+async def test_list_pages_survive_logins_and_revocations_between_reads(sidecar: Sidecar) -> None:
+    """A new login and a revocation between two page reads make no other session skip or repeat."""
+    token = mint("alice")
+    mine = await register(sidecar, token)
+    older = await add_sessions(sidecar, "alice", 8)
+    page1 = await listing(sidecar, token, "?limit=4")
+    assert [s["id"] for s in page1["data"]] == [mine, *older[:3]]
+    await register(sidecar, mint("alice"))  # newest: it belongs on page one
+    assert (await status_of(sidecar, "DELETE", f"/api/v1/sessions/{older[1]}/", token))[0] == 204  # listed
+    assert (await status_of(sidecar, "DELETE", f"/api/v1/sessions/{older[5]}/", token))[0] == 204  # not yet
+    page2 = await listing(sidecar, token, f"?limit=4&before={page1['next']}")
+    assert [s["id"] for s in page2["data"]] == [older[3], older[4], older[6], older[7]]
+    assert page2["next"] is None
+
+
+async def test_default_page_is_100_and_limit_goes_up_to_1000(sidecar: Sidecar) -> None:
+    """Without ?limit a page holds 100 sessions; ?limit=1000 holds 1000; the rest follow via next."""
+    token = mint("alice")
+    mine = await register(sidecar, token)
+    older = await add_sessions(sidecar, "alice", 1100)
+    default = await listing(sidecar, token)
+    assert [s["id"] for s in default["data"]] == [mine, *older[:99]]
+    assert default["next"] is not None
+    biggest = await listing(sidecar, token, "?limit=1000")
+    assert [s["id"] for s in biggest["data"]] == [mine, *older[:999]]
+    rest = await listing(sidecar, token, f"?limit=1000&before={biggest['next']}")
+    assert [s["id"] for s in rest["data"]] == older[999:]
+    assert rest["next"] is None
+
+
+BAD_LIMITS = ["0", "1001", "-1", "abc", "", "1.5", "1e3", " 5", "+5", "٣", "99999999999999999999", "0x10"]
+
+
+@pytest.mark.parametrize("limit", BAD_LIMITS)
+async def test_limit_out_of_range_or_not_an_integer_is_400(sidecar: Sidecar, limit: str) -> None:
+    """A limit that is not an integer from 1 to 1000 is a 400 in the error envelope, saying so."""
+    token = mint("alice")
+    await register(sidecar, token)
+    async with sidecar.public.get("/api/v1/sessions/", params={"limit": limit}, headers=bearer(token)) as resp:
+        assert resp.status == 400
+        body = await resp.json()
+    assert body == {
+        "status": "error", "status_code": 400, "message": "Parameter 'limit' must be an integer from 1 to 1000", "data": {},
+    }
+
+
+def b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+BAD_CURSORS = {
+    "empty": "",
+    "not-base64url": "abc+/==",
+    "junk": "!!!",
+    "base64-of-junk": b64(b"\xff\xfe not json"),
+    "not-a-pair": b64(b"[1]"),
+    "object": b64(b'{"created_at": 1, "id": "x"}'),
+    "time-a-string": b64(b'["1700000000", "9b2f"]'),
+    "time-a-bool": b64(b'[true, "9b2f"]'),
+    "time-nan": b64(b'[NaN, "9b2f"]'),
+    "time-1e400": b64(b'[1e400, "9b2f"]'),
+    "time-huge-int": b64(b"[1" + b"0" * 400 + b', "9b2f"]'),
+    "id-a-number": b64(b"[1700000000, 7]"),
+    "id-empty": b64(b'[1700000000, ""]'),
+    "id-too-long": b64(b'[1700000000, "' + b"x" * 101 + b'"]'),
+    "too-long": "A" * 201,
+    "nested": b64(b"[" * 100 + b"]" * 100),
+    "sql": "' OR '1'='1",
+}
+
+
+@pytest.mark.parametrize("cursor", BAD_CURSORS.values(), ids=BAD_CURSORS.keys())
+async def test_malformed_cursor_is_400(sidecar: Sidecar, cursor: str) -> None:
+    """A ?before= that is not a cursor this API gives is a 400 "Invalid cursor", never a 500."""
+    token = mint("alice")
+    await register(sidecar, token)
+    async with sidecar.public.get("/api/v1/sessions/", params={"before": cursor}, headers=bearer(token)) as resp:
+        assert resp.status == 400
+        assert await resp.json() == {"status": "error", "status_code": 400, "message": "Invalid cursor", "data": {}}
+
+
+async def test_page_parameters_given_twice_are_400(sidecar: Sidecar) -> None:
+    """limit or before given twice is a 400, not one of the two picked."""
+    token = mint("alice")
+    await register(sidecar, token)
+    cursor = b64(b'[1700000000, "9b2f"]')
+    for query, message in (
+        ("?limit=1&limit=2", "Parameter 'limit' must be an integer from 1 to 1000"),
+        (f"?before={cursor}&before={cursor}", "Invalid cursor"),
+    ):
+        async with sidecar.public.get(f"/api/v1/sessions/{query}", headers=bearer(token)) as resp:
+            assert resp.status == 400
+            assert (await resp.json())["message"] == message
+
+
+async def test_a_cursor_only_ever_pages_through_my_own_sessions(sidecar: Sidecar) -> None:
+    """A cursor taken from another user's listing lists my sessions after that position, never theirs."""
+    alice, bob = mint("alice"), mint("bob")
+    await register(sidecar, alice)
+    await add_sessions(sidecar, "alice", 3)
+    await register(sidecar, bob)
+    bobs = await add_sessions(sidecar, "bob", 3, newest=time.time() - 30)
+    bob_page = await listing(sidecar, bob, "?limit=1")
+    body = await listing(sidecar, alice, f"?before={bob_page['next']}")
+    listed = {s["id"] for s in body["data"]}
+    assert listed and listed <= {s["id"] for s in (await listing(sidecar, alice))["data"]}
+    assert not listed & set(bobs)
+
+
+async def test_a_real_process_answers_thousands_of_sessions_a_bounded_page_at_a_time(tmp_path: Path) -> None:
+    """`sidecar serve` with 3,000 sessions of one user answers the default listing with 100 of
+    them (a small body, not the whole set) and the rest page by page, each exactly once."""
+    database = tmp_path / "many.db"
+    store = SqliteStore(database)
+    await store.open()
+    try:
+        older = []
+        top = time.time() - 60
+        for i in range(3000):
+            row, _ = await store.insert(stored_session("alice", top - i * 0.001))
+            older.append(row.id)
+    finally:
+        await store.close()
+    port, admin_port = free_ports(2)
+    config = write_toml(tmp_path / "sidecar.toml", {
+        "server": {"host": "127.0.0.1", "port": port},
+        "jwt": {"algorithms": ["HS256"], "secret": SECRET, "leeway_seconds": 0},
+        "storage": {"url": f"sqlite:///{database}"},
+        "admin": {"host": "127.0.0.1", "port": admin_port},
+    })
+    argv = [sys.executable, "-m", "sidecar", "serve", "--config", str(config)]
+    token = mint("alice")
+    base = f"http://127.0.0.1:{port}"
+    with running("sidecar", argv, tmp_path, log_says("sidecar: ready", port)):
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{base}/introspect", headers=bearer(token)) as resp:
+                assert resp.status == 200
+                mine = resp.headers["X-Auth-Session"]
+            async with http.get(f"{base}/api/v1/sessions/", headers=bearer(token)) as resp:
+                assert resp.status == 200
+                raw = await resp.read()
+            first = json.loads(raw)
+            assert [s["id"] for s in first["data"]] == [mine, *older[:99]]
+            assert len(raw) < 40_000  # ~250 bytes a session: the whole set would be ~750 KB
+            seen, cursor = [s["id"] for s in first["data"]], first["next"]
+            while cursor is not None:
+                async with http.get(f"{base}/api/v1/sessions/?limit=1000&before={cursor}", headers=bearer(token)) as resp:
+                    assert resp.status == 200
+                    body = await resp.json()
+                assert len(body["data"]) <= 1000
+                seen += [s["id"] for s in body["data"]]
+                cursor = body["next"]
+    assert seen == [mine, *older]

@@ -294,3 +294,23 @@ async def test_listener_wide_errors_conform(sidecar: Sidecar) -> None:
         await call_unrouted(sidecar, method, "/api/v1/sessions/", "MethodNotAllowed", 405)
         await call_unrouted(sidecar, method, f"/api/v1/sessions/{UNKNOWN_ID}/", "MethodNotAllowed", 405)
     await call_unrouted(sidecar, "POST", PATH, "MethodNotAllowed", 405)
+
+
+async def test_paged_listing_answers_conform(sidecar: Sidecar) -> None:
+    """The listing's pages (next a cursor, then null) and its 400s for a bad limit or cursor are as documented."""
+    token = mint("alice")
+    for _ in range(3):
+        await session_of(sidecar, mint("alice"))
+    await session_of(sidecar, token)
+    listed = "/api/v1/sessions/"
+    assert await call(sidecar, "GET", "/api/v1/sessions/?limit=2", listed, token) == 200
+    async with sidecar.public.get("/api/v1/sessions/?limit=2", headers=bearer(token)) as resp:
+        cursor = (await resp.json())["next"]
+    assert isinstance(cursor, str)
+    assert await call(sidecar, "GET", f"/api/v1/sessions/?limit=2&before={cursor}", listed, token) == 200
+    for query in ("?limit=0", "?limit=1001", "?limit=x", "?before=%21", "?before=WzEsMl0", "?limit=1&limit=1"):
+        assert await call(sidecar, "GET", f"/api/v1/sessions/{query}", listed, token) == 400
+    # What the document says about the parameters matches what the API accepts.
+    parameters = {p["name"]: p for p in DOCUMENT["paths"][listed]["get"]["parameters"]}
+    assert parameters["limit"]["schema"] == {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}
+    assert not schema_errors(parameters["before"]["schema"], cursor)
