@@ -155,7 +155,10 @@ def running(
     *,
     env: Mapping[str, str] | None = None,
 ) -> Iterator[Service]:
-    """Start ``argv``, wait until ``ready(service)``, yield it, always stop it."""
+    """Start ``argv``, wait until ``ready(service)``, yield it, always stop it.
+
+    ``env`` adds to (or overrides) this process's environment for the child.
+    """
     log = workdir / f"{name}.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
@@ -213,7 +216,13 @@ class Sidecar:
         return f"http://127.0.0.1:{self.port}"
 
 
-def sidecar_config(port: int, database: Path) -> str:
+def sidecar_config(port: int, database: Path, *, jwt: str = "", extra: str = "") -> str:
+    """The gateway tests' sidecar configuration.
+
+    ``jwt`` holds more ``key = value`` lines for the ``[jwt]`` section (e.g.
+    ``user_claim = "user_id"``); ``extra`` is appended at the end, after the contract's
+    two ``[[routes]]`` entries (more entries, which match after those, or more tables).
+    """
     # The gateways reach the sidecar from 127.0.0.1: that hop, and only it, is trusted.
     # Clients of the tests connect from 127.0.0.2 when they need to be told apart from it.
     return f"""\
@@ -228,7 +237,7 @@ secret = "{SECRET}"
 leeway_seconds = 0
 token_type_claim = "type"
 access_token_type = "access"
-
+{jwt}
 [sessions]
 last_seen_flush_seconds = 0.2
 
@@ -245,16 +254,30 @@ policy = "public"
 path = "/optional/*"
 methods = ["GET", "HEAD"]
 policy = "optional"
-"""
+{extra}"""
 
 
 @contextmanager
-def run_sidecar(workdir: Path) -> Iterator[Sidecar]:
+def run_sidecar(workdir: Path, *, jwt: str = "", extra: str = "") -> Iterator[Sidecar]:
+    """``sidecar serve`` with ``sidecar_config`` (``jwt`` and ``extra`` as there)."""
     [port] = free_ports(1)
+    text = sidecar_config(port, workdir / "sidecar.db", jwt=jwt, extra=extra)
+    with run_sidecar_config(workdir, text, port) as sidecar:
+        yield sidecar
+
+
+@contextmanager
+def run_sidecar_config(
+    workdir: Path, text: str, port: int, env: Mapping[str, str] | None = None
+) -> Iterator[Sidecar]:
+    """``sidecar serve`` with the configuration ``text``, whose public listener is ``port``.
+
+    Runs in ``workdir``, where a relative ``sqlite:///`` database lands.
+    """
     config = workdir / "sidecar.toml"
-    config.write_text(sidecar_config(port, workdir / "sidecar.db"))
+    config.write_text(text)
     argv = [find_binary("sidecar"), "serve", "--config", str(config)]
-    with running("sidecar", argv, workdir, log_says("sidecar: ready", port)) as service:
+    with running("sidecar", argv, workdir, log_says("sidecar: ready", port), env=env) as service:
         yield Sidecar(port, config, service)
 
 
@@ -268,10 +291,13 @@ class Upstream:
 
     def received(self, path: str) -> list[dict[str, Any]]:
         """Every request the app received for ``path`` (any method), oldest first."""
+        return [r for r in self.received_all() if r["path"] == path]
+
+    def received_all(self) -> list[dict[str, Any]]:
+        """Every request the app received, oldest first."""
         if not self.record.exists():
             return []
-        seen = [json.loads(line) for line in self.record.read_text().splitlines() if line]
-        return [r for r in seen if r["path"] == path]
+        return [json.loads(line) for line in self.record.read_text().splitlines() if line]
 
 
 @contextmanager
@@ -285,6 +311,18 @@ def run_upstream(workdir: Path, status: int = 200) -> Iterator[Upstream]:
         yield Upstream(port, record, service)
 
 
+@contextmanager
+def run_uvicorn_app(
+    name: str, workdir: Path, argv: list[str], port: int, env: Mapping[str, str] | None = None
+) -> Iterator[Upstream]:
+    """An app that serves with uvicorn on ``port`` (``argv`` starts it), e.g. one of
+    tests/apps or contrib/fastapi. Its record, if it keeps one, is ``received.jsonl`` in
+    ``workdir`` (pass ``--record`` accordingly)."""
+    ready = log_says("Uvicorn running on", port)
+    with running(name, argv, workdir, ready, env=env) as service:
+        yield Upstream(port, workdir / "received.jsonl", service)
+
+
 @dataclass
 class Gateway:
     name: str
@@ -296,19 +334,24 @@ class Gateway:
         return f"http://127.0.0.1:{self.port}"
 
 
+NGINX_SERVER_BLOCK = CONTRIB / "nginx" / "sidecar.conf"
+
+
 @contextmanager
-def run_nginx(workdir: Path, app_port: int, sidecar_port: int) -> Iterator[Gateway]:
-    """nginx with contrib/nginx/{nginx,sidecar}.conf, ports rewritten, in a private prefix."""
+def run_nginx(
+    workdir: Path, app_port: int, sidecar_port: int, server_block: Path = NGINX_SERVER_BLOCK
+) -> Iterator[Gateway]:
+    """nginx with contrib/nginx/nginx.conf around ``server_block`` (by default the shipped
+    contrib/nginx/sidecar.conf), ports rewritten, in a private prefix."""
     nginx = find_binary("nginx")
     require_auth_request_module(nginx)
     [port] = free_ports(1)
     ports = {LISTEN_PORT: port, APP_PORT: app_port, SIDECAR_PORT: sidecar_port}
     conf_dir = workdir / "conf"
     conf_dir.mkdir()
-    for name in ("nginx.conf", "sidecar.conf"):
-        text = (CONTRIB / "nginx" / name).read_text()
-        # nginx.conf only includes sidecar.conf, which holds the addresses.
-        (conf_dir / name).write_text(rewrite_ports(text, ports) if name == "sidecar.conf" else text)
+    # nginx.conf only includes sidecar.conf, which holds the addresses.
+    (conf_dir / "nginx.conf").write_text((CONTRIB / "nginx" / "nginx.conf").read_text())
+    (conf_dir / "sidecar.conf").write_text(rewrite_ports(server_block.read_text(), ports))
     prefix = workdir / "prefix"
     prefix.mkdir(mode=0o700)  # like `mktemp -d`
     argv = [nginx, "-p", str(prefix), "-c", str(conf_dir / "nginx.conf"), "-g", "daemon off;"]

@@ -1,0 +1,1 @@
+"""Real auth services, run as processes by the gateway tests."""
