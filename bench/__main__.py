@@ -23,7 +23,7 @@ from types import FrameType
 from typing import Any
 
 from bench.procs import REPO, BenchError, Cpus, Processes
-from bench.profile import Profile
+from bench.profiling import Profile
 from bench.report import code_fingerprint, machine, render, targets
 from bench.scenarios import SCENARIOS, Options, Run, rederive
 from bench.tokens import ALGORITHMS

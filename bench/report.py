@@ -16,7 +16,7 @@ from typing import Any
 from bench.cpu import FOREIGN_LIMIT
 from bench.load import wrk_version
 from bench.procs import REPO, BenchError, Cpus, find_binary
-from bench.profile import Profile
+from bench.profiling import Profile
 
 
 def _first_line(argv: Sequence[str]) -> str:

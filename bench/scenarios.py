@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from bench import profile as py_spy
+from bench import profiling as py_spy
 from bench.cpu import FOREIGN_LIMIT, Snapshot, Usage, wait_quiet
 from bench.load import Load, LoadResult, Mode
 from bench.procs import BenchError, Cpus, Processes, rss_kib

@@ -2,7 +2,7 @@
 
 Library errors (PyJWT, sqlite3, asyncpg, aiohttp client) are converted into these at
 the edge of the module that calls the library, with ``raise ... from e``. The web layer
-maps them to HTTP in one place (``sidecar.web.errors``).
+maps them to HTTP in one place (``sidecar.web.envelope.error_middleware``).
 """
 
 from __future__ import annotations

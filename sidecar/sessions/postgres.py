@@ -13,13 +13,12 @@ command has a client-side timeout and a server-side ``statement_timeout``, so a 
 unreachable server fails a request in bounded time instead of stalling it.
 
 asyncpg ships no type information; the few calls used here are typed by the small
-protocols below, and the module itself is loaded as ``Any``.
+protocols below.
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
 import re
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -28,12 +27,12 @@ from dataclasses import replace
 from typing import Any, Final, Protocol
 from urllib.parse import unquote, urlsplit
 
+# An optional dependency: ``store_from_settings`` turns its absence into one clear line
+# (``pip install 'sidecar[postgres]'``). It ships no type information (typed as Any).
+import asyncpg
+
 from sidecar.errors import StoreUnavailable
 from sidecar.sessions.models import Changes, Cutoff, ListPosition, Session, Touch
-
-# Loaded at import, so ``store_from_settings`` can turn a missing optional dependency into
-# one clear line (``pip install 'sidecar[postgres]'``) before anything else runs.
-asyncpg: Any = importlib.import_module("asyncpg")
 
 log = logging.getLogger(__name__)
 
