@@ -33,6 +33,7 @@ import asyncpg
 
 from sidecar.errors import StoreUnavailable
 from sidecar.sessions.models import Changes, Cutoff, ListPosition, Session, Touch
+from sidecar.sessions.sql import ALIASED, COLUMNS, migrate, session_of
 
 log = logging.getLogger(__name__)
 
@@ -153,13 +154,8 @@ MIGRATIONS: Final[tuple[tuple[int, tuple[str, ...]], ...]] = (
 )
 SCHEMA_VERSION: Final = MIGRATIONS[-1][0]
 
-_COLUMNS = "id, session_key, user_id, created_at, last_seen, expires_at, revoked_at, ip_address, device, location"
-_ALIASED = ", ".join(f"s.{c.strip()}" for c in _COLUMNS.split(","))
 _INSERT_ATTEMPTS: Final = 3
 
-
-def _session(row: Iterable[Any]) -> Session:
-    return Session(*row)
 
 
 def describe_dsn(dsn: str) -> str:
@@ -264,19 +260,14 @@ class PostgresStore:
             # Two processes starting at once queue here; the second then finds the schema
             # current. The lock is released with the transaction.
             await db.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_KEY)
-            await db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-            current = int(await db.fetchval("SELECT COALESCE(MAX(version), 0) FROM schema_version"))
-            if current > SCHEMA_VERSION:
-                raise StoreUnavailable(
-                    f"database schema version {current} is newer than this sidecar ({SCHEMA_VERSION})"
-                )
-            for version, statements in MIGRATIONS:
-                if version <= current:
-                    continue
-                for sql in statements:
-                    await db.execute(sql)
-                await db.execute("INSERT INTO schema_version (version) VALUES ($1)", version)
-                log.info("postgres: migrated %s to schema version %d", self.where, version)
+
+            async def current_version() -> int:
+                return int(await db.fetchval("SELECT COALESCE(MAX(version), 0) FROM schema_version"))
+
+            await migrate(
+                db.execute, current_version, MIGRATIONS,
+                record_sql="INSERT INTO schema_version (version) VALUES ($1)", where=f"postgres {self.where}", log=log,
+            )
 
     # ------------------------------------------------------------------ plumbing
 
@@ -338,17 +329,17 @@ class PostgresStore:
             await conn.fetchval("SELECT 1")
 
     async def get(self, session_id: str) -> Session | None:
-        rows = await self._fetch(f"SELECT {_COLUMNS} FROM sessions WHERE id = $1", session_id)  # noqa: S608 (constant column list)
-        return _session(rows[0]) if rows else None
+        rows = await self._fetch(f"SELECT {COLUMNS} FROM sessions WHERE id = $1", session_id)  # noqa: S608 (constant column list)
+        return session_of(rows[0]) if rows else None
 
     async def get_by_key(self, session_key: str) -> Session | None:
         rows = await self._fetch(
-            f"(SELECT {_COLUMNS} FROM sessions WHERE session_key = $1) "  # noqa: S608
-            f"UNION ALL (SELECT {_ALIASED} FROM session_aliases a JOIN sessions s ON s.id = a.session_id "
+            f"(SELECT {COLUMNS} FROM sessions WHERE session_key = $1) "  # noqa: S608
+            f"UNION ALL (SELECT {ALIASED} FROM session_aliases a JOIN sessions s ON s.id = a.session_id "
             "WHERE a.alias_key = $1) LIMIT 1",
             session_key,
         )
-        return _session(rows[0]) if rows else None
+        return session_of(rows[0]) if rows else None
 
     async def bind(self, session_id: str, keys: Sequence[str]) -> None:
         if not keys:
@@ -366,28 +357,28 @@ class PostgresStore:
         async with self._acquire("insert") as db:
             # A key bound to a session (a token learned at issue) is that session's.
             bound = await db.fetchrow(
-                f"SELECT {_ALIASED} FROM session_aliases a JOIN sessions s ON s.id = a.session_id "  # noqa: S608
+                f"SELECT {ALIASED} FROM session_aliases a JOIN sessions s ON s.id = a.session_id "  # noqa: S608
                 "WHERE a.alias_key = $1",
                 session.session_key,
             )
             if bound is not None:
-                return _session(bound), False
+                return session_of(bound), False
             for _ in range(_INSERT_ATTEMPTS):
                 # One autocommitted statement: durable when it returns. A concurrent insert
                 # of the same key waits on the unique index and then does nothing.
                 row = await db.fetchrow(
-                    f"INSERT INTO sessions ({_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) "  # noqa: S608
-                    f"ON CONFLICT (session_key) DO NOTHING RETURNING {_COLUMNS}",
+                    f"INSERT INTO sessions ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) "  # noqa: S608
+                    f"ON CONFLICT (session_key) DO NOTHING RETURNING {COLUMNS}",
                     session.id, session.session_key, session.user_id, session.created_at,
                     session.last_seen, session.expires_at, session.revoked_at,
                     session.ip_address, session.device, session.location,
                 )
                 if row is not None:
-                    return _session(row), True
+                    return session_of(row), True
                 # Not a transaction: this read sees the row the conflicting insert committed.
-                row = await db.fetchrow(f"SELECT {_COLUMNS} FROM sessions WHERE session_key = $1", session.session_key)  # noqa: S608
+                row = await db.fetchrow(f"SELECT {COLUMNS} FROM sessions WHERE session_key = $1", session.session_key)  # noqa: S608
                 if row is not None:
-                    return _session(row), False
+                    return session_of(row), False
                 # The holder of the key was purged in between: try the insert again.
         raise StoreUnavailable("session key kept changing during insert")
 
@@ -399,20 +390,20 @@ class PostgresStore:
         # sessions_by_user (user_id, created_at) with "created_at <= $3".
         if before is None:
             rows = await self._fetch(
-                f"SELECT {_COLUMNS} FROM sessions "  # noqa: S608
+                f"SELECT {COLUMNS} FROM sessions "  # noqa: S608
                 "WHERE user_id = $1 AND revoked_at IS NULL AND expires_at > $2 "
                 "ORDER BY created_at DESC, id LIMIT $3",
                 user_id, now, limit,
             )
         else:
             rows = await self._fetch(
-                f"SELECT {_COLUMNS} FROM sessions "  # noqa: S608
+                f"SELECT {COLUMNS} FROM sessions "  # noqa: S608
                 "WHERE user_id = $1 AND revoked_at IS NULL AND expires_at > $2 "
                 "AND created_at <= $3 AND (created_at < $3 OR id > $4) "
                 "ORDER BY created_at DESC, id LIMIT $5",
                 user_id, now, before.created_at, before.id, limit,
             )
-        return [_session(r) for r in rows]
+        return [session_of(r) for r in rows]
 
     async def count_active(self, now: float) -> int:
         rows = await self._fetch("SELECT COUNT(*) FROM sessions WHERE revoked_at IS NULL AND expires_at > $1", now)
@@ -425,10 +416,10 @@ class PostgresStore:
         async with self._transaction("revoke") as db:
             # FOR UPDATE: a concurrent revoke of this row waits here, then reads it revoked
             # and takes no revision (only a revoke that changed the row takes one).
-            row = await db.fetchrow(f"SELECT {_COLUMNS} FROM sessions WHERE id = $1 FOR UPDATE", session_id)  # noqa: S608
+            row = await db.fetchrow(f"SELECT {COLUMNS} FROM sessions WHERE id = $1 FOR UPDATE", session_id)  # noqa: S608
             if row is None:
                 return None
-            current = _session(row)
+            current = session_of(row)
             if current.revoked_at is not None:
                 return current
             await db.execute(
@@ -440,9 +431,9 @@ class PostgresStore:
     async def revoke_user(self, user_id: str, now: float, keep_session_key: str | None) -> list[Session]:
         async with self._transaction("revoke_user") as db:
             rows = [
-                _session(r)
+                session_of(r)
                 for r in await db.fetch(
-                    f"SELECT {_COLUMNS} FROM sessions "  # noqa: S608
+                    f"SELECT {COLUMNS} FROM sessions "  # noqa: S608
                     "WHERE user_id = $1 AND revoked_at IS NULL AND session_key IS DISTINCT FROM $2 "
                     "ORDER BY id FOR UPDATE",
                     user_id, keep_session_key,
@@ -482,7 +473,7 @@ class PostgresStore:
             # Whole revisions only: "revoke all" stamps one revision on many rows, and a
             # page ending inside it would skip the rest (see Changes.collect).
             sessions = await db.fetch(
-                f"SELECT {_COLUMNS}, revision FROM sessions "  # noqa: S608
+                f"SELECT {COLUMNS}, revision FROM sessions "  # noqa: S608
                 "WHERE revision > $1 AND revision > 0 AND revision <= ("
                 " SELECT COALESCE(MAX(revision), 0) FROM ("
                 "  SELECT revision FROM sessions WHERE revision > $1 AND revision > 0"
@@ -498,7 +489,7 @@ class PostgresStore:
         return Changes.collect(
             revision,
             limit,
-            [(_session(tuple(r)[:-1]), int(r[-1])) for r in sessions],
+            [(session_of(tuple(r)[:-1]), int(r[-1])) for r in sessions],
             [(Cutoff(*tuple(r)[:-1]), int(r[-1])) for r in cutoffs],
         )
 

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ import aiosqlite
 
 from sidecar.errors import StoreUnavailable
 from sidecar.sessions.models import Changes, Cutoff, ListPosition, Session, Touch
+from sidecar.sessions.sql import ALIASED, COLUMNS, migrate, session_of
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +92,6 @@ SCHEMA_VERSION = MIGRATIONS[-1][0]
 # store closed while a read or write was on its way); for callers that is the store gone.
 _DRIVER_ERRORS = (sqlite3.Error, ValueError)
 
-_COLUMNS = "id, session_key, user_id, created_at, last_seen, expires_at, revoked_at, ip_address, device, location"
-_ALIASED = ", ".join(f"s.{c.strip()}" for c in _COLUMNS.split(","))
 
 
 def _create_private(path: Path) -> None:
@@ -112,9 +111,6 @@ def _create_private(path: Path) -> None:
         return
     os.close(fd)
 
-
-def _session(row: Iterable[Any]) -> Session:
-    return Session(*row)
 
 
 class SqliteStore:
@@ -169,21 +165,19 @@ class SqliteStore:
 
     async def _migrate(self) -> None:
         async with self._transaction() as db:
-            await db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-            async with db.execute("SELECT MAX(version) FROM schema_version") as cur:
-                row = await cur.fetchone()
-            current = int(row[0]) if row and row[0] is not None else 0
-            if current > SCHEMA_VERSION:
-                raise StoreUnavailable(
-                    f"database schema version {current} is newer than this sidecar ({SCHEMA_VERSION})"
-                )
-            for version, statements in MIGRATIONS:
-                if version <= current:
-                    continue
-                for sql in statements:
-                    await db.execute(sql)
-                await db.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
-                log.info("sqlite: migrated %s to schema version %d", self.path, version)
+
+            async def execute(sql: str, *args: Any) -> None:
+                await db.execute(sql, args)
+
+            async def current_version() -> int:
+                async with db.execute("SELECT MAX(version) FROM schema_version") as cur:
+                    row = await cur.fetchone()
+                return int(row[0]) if row and row[0] is not None else 0
+
+            await migrate(
+                execute, current_version, MIGRATIONS,
+                record_sql="INSERT INTO schema_version (version) VALUES (?)", where=f"sqlite {self.path}", log=log,
+            )
 
     # ------------------------------------------------------------------ plumbing
 
@@ -229,17 +223,17 @@ class SqliteStore:
         await self._fetch("SELECT 1", ())
 
     async def get(self, session_id: str) -> Session | None:
-        rows = await self._fetch(f"SELECT {_COLUMNS} FROM sessions WHERE id = ?", (session_id,))  # noqa: S608 (constant column list)
-        return _session(rows[0]) if rows else None
+        rows = await self._fetch(f"SELECT {COLUMNS} FROM sessions WHERE id = ?", (session_id,))  # noqa: S608 (constant column list)
+        return session_of(rows[0]) if rows else None
 
     async def get_by_key(self, session_key: str) -> Session | None:
         rows = await self._fetch(
-            f"SELECT {_COLUMNS} FROM sessions WHERE session_key = ? "  # noqa: S608
-            f"UNION ALL SELECT {_ALIASED} FROM session_aliases a JOIN sessions s ON s.id = a.session_id "
+            f"SELECT {COLUMNS} FROM sessions WHERE session_key = ? "  # noqa: S608
+            f"UNION ALL SELECT {ALIASED} FROM session_aliases a JOIN sessions s ON s.id = a.session_id "
             "WHERE a.alias_key = ? LIMIT 1",
             (session_key, session_key),
         )
-        return _session(rows[0]) if rows else None
+        return session_of(rows[0]) if rows else None
 
     async def bind(self, session_id: str, keys: Sequence[str]) -> None:
         if not keys:
@@ -259,15 +253,15 @@ class SqliteStore:
         async with self._transaction() as db:
             # A key bound to a session (a token learned at issue) is that session's.
             async with db.execute(
-                f"SELECT {_ALIASED} FROM session_aliases a JOIN sessions s ON s.id = a.session_id "  # noqa: S608
+                f"SELECT {ALIASED} FROM session_aliases a JOIN sessions s ON s.id = a.session_id "  # noqa: S608
                 "WHERE a.alias_key = ?",
                 (session.session_key,),
             ) as sel:
                 bound = await sel.fetchone()
             if bound is not None:
-                return _session(bound), False
+                return session_of(bound), False
             cur = await db.execute(
-                f"INSERT INTO sessions ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "  # noqa: S608
+                f"INSERT INTO sessions ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "  # noqa: S608
                 "ON CONFLICT (session_key) DO NOTHING",
                 (
                     session.id, session.session_key, session.user_id, session.created_at,
@@ -277,12 +271,12 @@ class SqliteStore:
             )
             created = cur.rowcount == 1
             async with db.execute(
-                f"SELECT {_COLUMNS} FROM sessions WHERE session_key = ?", (session.session_key,)  # noqa: S608
+                f"SELECT {COLUMNS} FROM sessions WHERE session_key = ?", (session.session_key,)  # noqa: S608
             ) as sel:
                 row = await sel.fetchone()
         if row is None:  # pragma: no cover - the row was just written in this transaction
             raise StoreUnavailable("inserted session vanished")
-        return _session(row), created
+        return session_of(row), created
 
     async def list_active(
         self, user_id: str, now: float, *, limit: int | None = None, before: ListPosition | None = None
@@ -292,12 +286,12 @@ class SqliteStore:
         after = "" if before is None else "AND created_at <= ? AND (created_at < ? OR id > ?) "
         position: tuple[Any, ...] = () if before is None else (before.created_at, before.created_at, before.id)
         rows = await self._fetch(
-            f"SELECT {_COLUMNS} FROM sessions "  # noqa: S608 (constant column list and clauses)
+            f"SELECT {COLUMNS} FROM sessions "  # noqa: S608 (constant column list and clauses)
             f"WHERE user_id = ? AND revoked_at IS NULL AND expires_at > ? {after}"
             "ORDER BY created_at DESC, id LIMIT ?",
             (user_id, now, *position, -1 if limit is None else limit),
         )
-        return [_session(r) for r in rows]
+        return [session_of(r) for r in rows]
 
     @staticmethod
     async def _next_revision(db: aiosqlite.Connection) -> int:
@@ -322,18 +316,18 @@ class SqliteStore:
                     "UPDATE sessions SET revoked_at = ?, revision = ? WHERE id = ?",
                     (now, await self._next_revision(db), session_id),
                 )
-            async with db.execute(f"SELECT {_COLUMNS} FROM sessions WHERE id = ?", (session_id,)) as cur:  # noqa: S608
+            async with db.execute(f"SELECT {COLUMNS} FROM sessions WHERE id = ?", (session_id,)) as cur:  # noqa: S608
                 row = await cur.fetchone()
-        return _session(row) if row else None
+        return session_of(row) if row else None
 
     async def revoke_user(self, user_id: str, now: float, keep_session_key: str | None) -> list[Session]:
         async with self._transaction() as db:
             async with db.execute(
-                f"SELECT {_COLUMNS} FROM sessions "  # noqa: S608
+                f"SELECT {COLUMNS} FROM sessions "  # noqa: S608
                 "WHERE user_id = ? AND revoked_at IS NULL AND session_key IS NOT ?",
                 (user_id, keep_session_key),
             ) as cur:
-                rows = [_session(r) for r in await cur.fetchall()]
+                rows = [session_of(r) for r in await cur.fetchall()]
             revision = await self._next_revision(db)
             await db.execute(
                 "UPDATE sessions SET revoked_at = ?, revision = ? "
@@ -372,7 +366,7 @@ class SqliteStore:
                     # Whole revisions only: "revoke all" stamps one revision on many rows,
                     # and a page ending inside it would skip the rest (see Changes.collect).
                     async with db.execute(
-                        f"SELECT {_COLUMNS}, revision FROM sessions "  # noqa: S608
+                        f"SELECT {COLUMNS}, revision FROM sessions "  # noqa: S608
                         "WHERE revision > ? AND revision > 0 AND revision <= ("
                         " SELECT COALESCE(MAX(revision), 0) FROM ("
                         "  SELECT revision FROM sessions WHERE revision > ? AND revision > 0"
@@ -394,7 +388,7 @@ class SqliteStore:
         return Changes.collect(
             revision,
             limit,
-            [(_session(r[:-1]), int(r[-1])) for r in sessions],
+            [(session_of(r[:-1]), int(r[-1])) for r in sessions],
             [(Cutoff(*r[:-1]), int(r[-1])) for r in cutoffs],
         )
 

@@ -886,3 +886,12 @@ async def test_inserting_a_bound_key_returns_its_session(store: SessionStore) ->
     await store.bind(s.id, ["sha256:refreshed"])
     row, created = await store.insert(session(key="sha256:refreshed"))
     assert not created and row == s
+
+
+def test_both_backends_list_the_same_schema_versions() -> None:
+    """SQLite and PostgreSQL migrate through the same numbered versions, in order."""
+    from sidecar.sessions import postgres, sqlite
+
+    assert [v for v, _ in sqlite.MIGRATIONS] == [v for v, _ in postgres.MIGRATIONS] == list(
+        range(1, sqlite.SCHEMA_VERSION + 1)
+    )
