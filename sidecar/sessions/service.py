@@ -25,7 +25,6 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Final
@@ -34,6 +33,7 @@ from sidecar.clock import Clock
 from sidecar.config import Registration
 from sidecar.enrich.client_ip import IPAddress
 from sidecar.errors import SessionRejected, StoreUnavailable
+from sidecar.lru import LRU
 from sidecar.sessions.models import Cutoff, ListPosition, RevokedRef, Session, Touch
 from sidecar.sessions.store import SessionStore
 from sidecar.tokens.claims import Claims
@@ -114,10 +114,9 @@ class SessionService:
         self._registration = registration
         self._describe_device = describe_device
         self._locate = locate
-        self._cache_size = state_cache_size
         self._flush_interval = flush_interval
-        self._states: OrderedDict[str, _State] = OrderedDict()
-        self._cutoffs: OrderedDict[str, Cutoff | None] = OrderedDict()
+        self._states: LRU[str, _State] = LRU(state_cache_size)
+        self._cutoffs: LRU[str, Cutoff | None] = LRU(state_cache_size)
         self._generation = 0
         self._pending: dict[str, _Activity] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -132,7 +131,7 @@ class SessionService:
         self._catchup_lock = asyncio.Lock()
         self._told_ageless = False  # the "cannot tell a token's age" warning, once per process
         # Keys of tokens bound to a session (capture routes) -> the session's own key.
-        self._aliases: dict[str, str] = {}
+        self._aliases: LRU[str, str] = LRU(state_cache_size)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -256,25 +255,10 @@ class SessionService:
     # ------------------------------------------------------------------ memory
 
     def _remember(self, key: str, state: _State, *, overwrite: bool) -> _State:
-        present = self._states.get(key)
-        if present is not None and not overwrite:
-            self._states.move_to_end(key)
-            return present
-        self._states[key] = state
-        self._states.move_to_end(key)
-        if len(self._states) > self._cache_size:
-            self._states.popitem(last=False)
-        return state
+        return self._states.put(key, state) if overwrite else self._states.keep(key, state)
 
     def _remember_cutoff(self, user_id: str, cutoff: Cutoff | None, *, overwrite: bool) -> Cutoff | None:
-        if user_id in self._cutoffs and not overwrite:
-            self._cutoffs.move_to_end(user_id)
-            return self._cutoffs[user_id]
-        self._cutoffs[user_id] = cutoff
-        self._cutoffs.move_to_end(user_id)
-        if len(self._cutoffs) > self._cache_size:
-            self._cutoffs.popitem(last=False)
-        return cutoff
+        return self._cutoffs.put(user_id, cutoff) if overwrite else self._cutoffs.keep(user_id, cutoff)
 
     @staticmethod
     def _state_of(s: Session) -> _State:
@@ -316,10 +300,7 @@ class SessionService:
     def _remember_alias(self, alias: str, key: str) -> str:
         """Remember that tokens keyed ``alias`` belong to the session keyed ``key`` (a fact
         that never changes, so it needs no generation check)."""
-        self._aliases[alias] = key
-        if len(self._aliases) > self._cache_size:
-            self._aliases.pop(next(iter(self._aliases)))
-        return key
+        return self._aliases.put(alias, key)
 
     # ------------------------------------------------------------------ the check
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 from sidecar.clock import Clock
 from sidecar.errors import InvalidToken
+from sidecar.lru import LRU
 from sidecar.tokens.claims import Claims, read_claims
 from sidecar.tokens.jwks import JwksKeys
 from sidecar.tokens.keys import VerificationKey, static_keys
@@ -38,8 +38,7 @@ class TokenVerifier:
         self._static: dict[str, list[VerificationKey]] = {}
         for key in static_keys(settings.algorithms, settings.secret, settings.public_keys):
             self._static.setdefault(key.algorithm, []).append(key)
-        self._cache: OrderedDict[bytes, Claims] = OrderedDict()
-        self._cache_size = settings.verified_cache_size
+        self._cache: LRU[bytes, Claims] = LRU(settings.verified_cache_size)
         # Plain counters, read by the metrics collector at scrape time.
         self.cache_hits = 0
         self.cache_misses = 0
@@ -130,8 +129,4 @@ class TokenVerifier:
                 "login into every refreshed token; README: Integrating your auth service)",
                 self.settings.session_claim,
             )
-        if self._cache_size:
-            self._cache[digest] = claims
-            if len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
-        return claims
+        return self._cache.put(digest, claims)

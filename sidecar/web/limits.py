@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 
 from sidecar.clock import Clock
+from sidecar.lru import LRU
 
 
 class InFlight:
@@ -36,8 +36,7 @@ class RateLimiter:
         self.capacity = float(per_minute)
         self.rate = per_minute / 60.0
         self._clock = clock
-        self._max_keys = max_keys
-        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        self._buckets: LRU[str, tuple[float, float]] = LRU(max_keys)
 
     def allow(self, key: str) -> tuple[bool, int]:
         """(allowed, seconds to wait before the next request would be allowed)."""
@@ -49,8 +48,6 @@ class RateLimiter:
         allowed = tokens >= 1.0
         if allowed:
             tokens -= 1.0
-        self._buckets[key] = (tokens, now)
-        if len(self._buckets) > self._max_keys:
-            self._buckets.popitem(last=False)
+        self._buckets.put(key, (tokens, now))
         wait = 0 if allowed else math.ceil((1.0 - tokens) / self.rate)
         return allowed, wait
