@@ -110,25 +110,30 @@ def _json_object(data: bytes, what: str) -> dict[str, Any]:
     return value
 
 
-# Decoded headers by their base64url text. An issuer writes the same few headers (alg, typ,
-# kid) on every token, so a new token's header is usually known: the same bytes always
-# decode to the same object, which callers only read. Bounded; emptied when full.
-_HEADERS: dict[bytes, dict[str, Any]] = {}
-_HEADERS_MAX = 256
+# Decoded headers by their base64url text (a verifier keeps one such map). An issuer writes
+# the same few headers (alg, typ, kid) on every token, so a new token's header is usually
+# known: the same bytes always decode to the same object, which callers only read.
+HeaderCache = dict[bytes, dict[str, Any]]
+HEADER_CACHE_MAX = 256
 
 
-def _header(segment: bytes) -> dict[str, Any]:
-    header = _HEADERS.get(segment)
+def _header(segment: bytes, cache: HeaderCache | None) -> dict[str, Any]:
+    header = cache.get(segment) if cache is not None else None
     if header is None:
         header = _json_object(_b64decode(segment, "header"), "header")
-        if len(_HEADERS) >= _HEADERS_MAX:
-            _HEADERS.clear()
-        _HEADERS[segment] = header
+        if cache is not None:
+            if len(cache) >= HEADER_CACHE_MAX:
+                cache.clear()  # bounded; emptied when full (issuers have a handful of headers)
+            cache[segment] = header
     return header
 
 
-def parse_compact(token: str) -> ParsedToken:
-    """Split ``header.payload.signature``, decode each part strictly, return them."""
+def parse_compact(token: str, header_cache: HeaderCache | None = None) -> ParsedToken:
+    """Split ``header.payload.signature``, decode each part strictly, return them.
+
+    ``header_cache`` (the caller's, e.g. a verifier's) remembers decoded headers; only
+    headers that decoded are stored, so a refused one is decoded, and refused, again.
+    """
     try:
         raw = token.encode("ascii")
     except UnicodeEncodeError as e:
@@ -138,7 +143,7 @@ def parse_compact(token: str) -> ParsedToken:
         # Five parts is a JWE (RFC 7516); we verify signed tokens only.
         raise InvalidToken("malformed", f"{len(parts)} segments")
     header_b64, payload_b64, signature_b64 = parts
-    header = _header(header_b64)
+    header = _header(header_b64, header_cache)
     payload = _json_object(_b64decode(payload_b64, "payload"), "payload")
     signature = _b64decode(signature_b64, "signature")
     return ParsedToken(header, payload, header_b64 + b"." + payload_b64, signature)

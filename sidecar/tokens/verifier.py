@@ -12,7 +12,7 @@ from sidecar.lru import LRU
 from sidecar.tokens.claims import Claims, read_claims
 from sidecar.tokens.jwks import JwksKeys
 from sidecar.tokens.keys import VerificationKey, static_keys
-from sidecar.tokens.parse import parse_compact
+from sidecar.tokens.parse import HeaderCache, parse_compact
 
 if TYPE_CHECKING:  # the settings type only: sidecar.config itself imports token policy
     from sidecar.config import JwtSettings
@@ -39,6 +39,7 @@ class TokenVerifier:
         for key in static_keys(settings.algorithms, settings.secret, settings.public_keys):
             self._static.setdefault(key.algorithm, []).append(key)
         self._cache: LRU[bytes, Claims] = LRU(settings.verified_cache_size)
+        self._headers: HeaderCache = {}  # decoded JWS headers by their text (parse_compact)
         # Plain counters, read by the metrics collector at scrape time.
         self.cache_hits = 0
         self.cache_misses = 0
@@ -93,7 +94,7 @@ class TokenVerifier:
             return claims
         self.cache_misses += 1
 
-        parsed = parse_compact(token)
+        parsed = parse_compact(token, self._headers)
         header = parsed.header
         alg = header.get("alg")
         # RFC 8725 3.1: the algorithm must be one we pinned, spelled exactly; "none" never is.

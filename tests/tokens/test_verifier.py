@@ -1092,7 +1092,7 @@ async def test_pyjwt_unsigned_token_is_refused(tmp_path: Path) -> None:
 
 
 async def test_remembered_headers_give_the_verdicts_of_a_fresh_decode(tmp_path: Path) -> None:
-    """Headers are decoded once per distinct text (sidecar.tokens.parse._HEADERS): a refused
+    """Headers are decoded once per distinct text (the verifier's header cache): a refused
     header is refused every time, a known one still needs its own payload and signature, and
     more distinct headers than are remembered change nothing but speed."""
     v = make(tmp_path)
@@ -1112,3 +1112,13 @@ async def test_remembered_headers_give_the_verdicts_of_a_fresh_decode(tmp_path: 
     assert await reason(v, bad) == "duplicate_json_key"
     none = sign_with("HS256", {"alg": "none", "n": 1}, claims(), SECRET)  # same "n" as a good one
     assert await reason(v, none) == "alg_not_allowed"
+
+
+async def test_each_verifier_keeps_its_own_header_cache(tmp_path: Path) -> None:
+    """Decoded headers are a verifier's own: two verifiers never hand each other the same dicts."""
+    a, b = make(tmp_path), make(tmp_path)
+    token = sign_with("HS256", {"alg": "HS256", "typ": "JWT"}, claims(), SECRET)
+    await a.verify(token)
+    assert a._headers and not b._headers
+    await b.verify(token)
+    assert next(iter(a._headers.values())) is not next(iter(b._headers.values()))
