@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import web
@@ -18,7 +17,7 @@ from sidecar.web.keys import API_RATE, SERVICES
 from sidecar.web.limits import InFlight, RateLimiter
 from sidecar.web.listener import server_logger
 from sidecar.web.openapi import add_openapi_routes
-from sidecar.web.services import Services, open_services
+from sidecar.web.services import Services
 
 # Headers are bounded by the HTTP parser; tokens larger than jwt.max_token_bytes but
 # within this bound still get the check's own 401 (SECURITY_CASES A14).
@@ -45,26 +44,14 @@ def runner_kwargs(settings: Settings) -> dict[str, Any]:
     return {**handler_kwargs(settings), "shutdown_timeout": settings.server.shutdown_timeout_seconds}
 
 
-def create_app(settings: Settings, services: Services | None = None) -> web.Application:
-    """The public listener. Without ``services`` the app opens (and closes) its own."""
+def create_app(settings: Settings, services: Services) -> web.Application:
+    """The public listener, over ``services`` (opened and closed by the caller)."""
     app = web.Application(middlewares=[error_middleware], client_max_size=64 * 1024)
     check = app[CHECK] = Check(
         InFlight(settings.server.max_concurrent_checks), services, RouteTable(settings.routes)
     )
     app[API_RATE] = RateLimiter(settings.server.api_rate_limit_per_minute, SystemClock())
-    if services is not None:
-        app[SERVICES] = services
-    else:
-
-        async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-            async with open_services(settings) as opened:
-                app[SERVICES] = check.services = opened
-                try:
-                    yield
-                finally:
-                    check.services = None
-
-        app.cleanup_ctx.append(lifecycle)
+    app[SERVICES] = services
     # The check answers every method on every sub-path: Envoy forwards the client's method
     # and prepends its path_prefix (SECURITY_CASES B19).
     app.router.add_route("*", "/introspect", check.handle)

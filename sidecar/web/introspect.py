@@ -96,7 +96,7 @@ class Check:
     router and middleware.
     """
 
-    def __init__(self, in_flight: InFlight, services: Services | None = None, routes: RouteTable | None = None) -> None:
+    def __init__(self, in_flight: InFlight, services: Services, routes: RouteTable | None = None) -> None:
         self.in_flight = in_flight
         self.services = services
         self.routes = routes if routes else None  # an empty table: every request is "required"
@@ -109,8 +109,6 @@ class Check:
 
     async def handle(self, request: web.BaseRequest) -> web.Response:
         services = self.services
-        if services is None:  # only between the app's cleanup and the listener closing
-            return deny()
         request_id = request.headers.get("X-Request-Id")
         if request_id is not None:  # each request runs in a task of its own: the default is None
             REQUEST_ID.set(request_id)

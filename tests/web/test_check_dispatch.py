@@ -7,6 +7,7 @@ to the router only costs time. Both directions are tested against the router its
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -14,10 +15,10 @@ from unittest import mock
 import pytest
 from aiohttp.test_utils import make_mocked_request
 from aiohttp.web_urldispatcher import UrlDispatcher
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sidecar.web import create_app
+from sidecar.web import create_app, open_services
 from sidecar.web.app import is_check_path
 from sidecar.web.introspect import CHECK
 from tests.conftest import Sidecar, bearer, mint, settings_for
@@ -36,11 +37,13 @@ EXAMPLES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def app(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    app = create_app(settings_for(Path(tmp_path_factory.mktemp("dispatch"))))
-    app.freeze()
-    return app
+@pytest.fixture
+async def app(tmp_path: Path) -> AsyncIterator[Any]:
+    settings = settings_for(tmp_path)
+    async with open_services(settings) as services:
+        app = create_app(settings, services)
+        app.freeze()
+        yield app
 
 
 async def _router_picks_check(app: Any, raw_path: str) -> tuple[bool, bool]:
@@ -56,7 +59,8 @@ async def test_dispatch_agrees_with_the_router(app: Any, raw_path: str) -> None:
     assert by_router == by_dispatch
 
 
-@settings(max_examples=500, deadline=None)
+# The app is only read (its router resolves paths), so one per test serves every example.
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(raw_path=PATHS)
 async def test_dispatch_agrees_with_the_router_on_any_path(app: Any, raw_path: str) -> None:
     try:

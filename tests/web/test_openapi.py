@@ -18,7 +18,7 @@ import jsonschema_rs
 import schemathesis
 from aiohttp import web
 
-from sidecar.web import create_app
+from sidecar.web import create_app, open_services
 from sidecar.web.openapi import CHECK_METHODS, DOCUMENT, PATH
 from tests.conftest import CHROME_WINDOWS, Sidecar, bearer, mint, settings_for
 
@@ -161,10 +161,11 @@ def test_document_is_plain_json_and_every_reference_resolves() -> None:
         resolve({"$ref": ref})
 
 
-def test_every_route_is_documented_and_every_documented_operation_is_routed(tmp_path: Path) -> None:
+async def test_every_route_is_documented_and_every_documented_operation_is_routed(tmp_path: Path) -> None:
     """The router of create_app and the document's paths describe the same operations, method by method."""
-    app = create_app(settings_for(tmp_path))
-    routed = routed_operations(app)
+    settings = settings_for(tmp_path)
+    async with open_services(settings) as services:
+        routed = routed_operations(create_app(settings, services))
     documented = documented_operations()
     assert routed - documented == set(), "routes missing from the document"
     assert documented - routed == set(), "documented operations that are not routed"
