@@ -675,7 +675,8 @@ class SessionModel:
         if self.owners.get(key, user) != user:
             return "another user's session"
         cutoff = self.cutoffs.get(user)
-        if cutoff is not None and cutoff.exempt != key and (verdict.issued_at is None or verdict.issued_at < cutoff.at):
+        # A token whose age cannot be told (no iat) is never guessed older (SECURITY_CASES E40).
+        if cutoff is not None and cutoff.exempt != key and verdict.issued_at is not None and verdict.issued_at < cutoff.at:
             return "issued before the user's cut-off"
         return None
 
