@@ -237,7 +237,7 @@ def _cpu_us(r: dict[str, Any]) -> float:
     core partly idle (it waits on the load generator: py-spy --idle shows the event loop
     in epoll, no thread blocked), and idle time is not what a token costs."""
     busy = r.get("server_cpu_busy")
-    return (busy / 100 if busy else 1.0) / r["rps"] * 1e6
+    return float((busy / 100 if busy else 1.0) / r["rps"] * 1e6)
 
 
 def cold_cost_us(cached: dict[str, Any], cold: dict[str, Any], *, wall: bool = False) -> float:

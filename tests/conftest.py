@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,7 +42,7 @@ def geoip_db(name: str = "GeoIP2-City-Test.mmdb") -> Path:
     return path
 
 
-def settings_for(tmp_path: Path, **sections: Mapping[str, Any] | list[Mapping[str, Any]]) -> Settings:
+def settings_for(tmp_path: Path, **sections: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> Settings:
     """Settings for a test: HS256 with SECRET, SQLite in tmp_path, admin key set.
 
     Keyword arguments override or extend whole sections' keys, e.g.
@@ -57,8 +57,8 @@ def settings_for(tmp_path: Path, **sections: Mapping[str, Any] | list[Mapping[st
         "sessions": {"last_seen_flush_seconds": 0.2},
     }
     for name, values in sections.items():
-        if isinstance(values, list):
-            raw[name] = values  # type: ignore[assignment]  # an array of tables
+        if isinstance(values, Sequence):
+            raw[name] = list(values)  # type: ignore[assignment]  # an array of tables
         else:
             raw.setdefault(name, {}).update(values)
     return from_mapping(raw, environ={}, base_dir=tmp_path)

@@ -10,7 +10,7 @@ import asyncio
 import sqlite3
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -192,8 +192,8 @@ async def test_two_concurrent_cleanups_total_the_right_count(tmp_path: Path) -> 
 class RacingStore(SqliteStore):
     """A real SQLite store where a "log out others" lands between finding and deleting cut-offs."""
 
-    async def _fetch(self, sql: str, params: Any) -> list[Any]:
-        rows = await super()._fetch(sql, params)
+    async def _fetch(self, sql: str, params: Sequence[Any], *, scan: bool = False) -> list[Any]:
+        rows = await super()._fetch(sql, params, scan=scan)
         if "FROM user_cutoffs WHERE cutoff_at" in sql:
             await self.revoke_user("mallory-victim", NOW, None)
         return rows

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import jwt
 import pytest
@@ -586,9 +586,10 @@ def test_unusable_answers_become_typed_errors(
         with raises_clean(error, token) as caught:
             call()
         assert type(caught.value) is error
-        assert caught.value.status == status
+        raised = cast(SidecarClientError, caught.value)
+        assert raised.status == status
         if message is not None:
-            assert caught.value.message == message
+            assert raised.message == message
 
 
 def test_unknown_route_404_on_revoke_session_is_an_error_not_false(fake: Any, make_admin: MakeAdmin) -> None:

@@ -843,7 +843,7 @@ def test_token_strategy_reaches_every_outcome() -> None:
         verdicts.add("valid" if isinstance(verdict, Verdict) else str(verdict).split(":")[0])
         encodings.add(token.how.rsplit("/", 1)[1].split(":")[0])
 
-    common = {"max_examples": 1000, "deadline": None, "suppress_health_check": [HealthCheck.too_slow], "database": None}
+    common: dict[str, Any] = {"max_examples": 1000, "deadline": None, "suppress_health_check": [HealthCheck.too_slow], "database": None}
     seeded = settings(derandomize=True, **common)(given(token=ANY_TOKEN)(record))
     fresh = settings(**common)(given(token=ANY_TOKEN)(record))
     # Rare outcomes need a few batches: a seeded one, then fresh ones until all were reached.

@@ -6,8 +6,8 @@ import aiohttp
 import pytest
 
 from tests.gateways.conftest import Launcher
-from tests.gateways.contract import GatewayContract, bearer, only_request, send, values
-from tests.gateways.support import Gateway, Upstream, mint, probe_path, run_envoy
+from tests.gateways.contract import GatewayContract, only_request, send, values
+from tests.gateways.support import Gateway, Upstream, bearer, mint, probe_path, run_envoy
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,8 @@ import aiohttp
 import pytest
 
 from tests.gateways.conftest import Launcher
-from tests.gateways.contract import GatewayContract, bearer, send
-from tests.gateways.support import Gateway, Upstream, mint, probe_path, run_nginx
+from tests.gateways.contract import GatewayContract, send
+from tests.gateways.support import Gateway, Upstream, bearer, mint, probe_path, run_nginx
 
 
 @pytest.fixture(scope="module")

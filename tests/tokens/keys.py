@@ -149,8 +149,8 @@ def pair(name: str) -> KeyPair:
     if family == "rsa":
         key: PrivateKey = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     elif family == "ec":
-        curve = {"p256": ec.SECP256R1, "p384": ec.SECP384R1, "p521": ec.SECP521R1}[name.split("-")[1]]
-        key = ec.generate_private_key(curve())
+        curves: dict[str, type[ec.EllipticCurve]] = {"p256": ec.SECP256R1, "p384": ec.SECP384R1, "p521": ec.SECP521R1}
+        key = ec.generate_private_key(curves[name.split("-")[1]]())
     elif family == "ed":
         key = ed25519.Ed25519PrivateKey.generate()
     else:

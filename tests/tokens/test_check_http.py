@@ -268,7 +268,8 @@ async def test_future_nbf_and_iat_through_the_check(
     sidecar: Sidecar = await start_sidecar(
         settings_for(tmp_path, jwt={"leeway_seconds": leeway}), ManualClock(wall=float(NOW))
     )
-    token = mint(now=NOW, **{claim: NOW + offset})
+    extra: dict[str, Any] = {claim: NOW + offset}
+    token = mint(now=NOW, **extra)
     if allowed:
         await assert_allowed(sidecar, bearer(token))
     else:

@@ -10,7 +10,7 @@ import pytest
 
 from tests.conftest import ADMIN, Sidecar, bearer, mint, settings_for
 
-ROUTES = [
+ROUTES: list[dict[str, Any]] = [
     {"path": "/api/v1/auth/*", "policy": "public"},
     {"path": "/api/v1/posts/*", "methods": ["GET", "HEAD"], "policy": "optional"},
 ]
