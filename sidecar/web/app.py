@@ -57,7 +57,7 @@ def create_app(settings: Settings, services: Services) -> web.Application:
     app.router.add_route("*", "/introspect", check.handle)
     app.router.add_route("*", r"/introspect/{tail:[\s\S]*}", check.handle)
     api.add_routes(app)
-    capture.add_routes(app, settings.capture)
+    capture.add_routes(app, settings.capture, services)
     health.add_routes(app)
     add_openapi_routes(app)
     return app

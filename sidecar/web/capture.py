@@ -29,6 +29,7 @@ from sidecar.web import audit
 from sidecar.web.envelope import error
 from sidecar.web.keys import SERVICES
 from sidecar.web.requests import client_of
+from sidecar.web.services import Services
 
 log = logging.getLogger(__name__)
 
@@ -75,12 +76,11 @@ async def http_session(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
-def handler(route: CaptureRoute) -> Callable[[web.Request], Coroutine[Any, Any, web.StreamResponse]]:
+def handler(route: CaptureRoute, learn: Capture) -> Callable[[web.Request], Coroutine[Any, Any, web.StreamResponse]]:
     """The aiohttp handler of one ``[[capture]]`` entry."""
 
     async def capture(request: web.Request) -> web.StreamResponse:
         services = request.app[SERVICES]
-        learn = Capture(services.verifier, services.sessions, services.settings.jwt.session_claim)
         if request.content_length is not None and request.content_length > route.max_body_bytes:
             return error(413, "Request body too large")
         body = await request.content.read(route.max_body_bytes + 1)
@@ -207,9 +207,11 @@ def _bearer(request: web.Request) -> str | None:
     return token.strip() or None
 
 
-def add_routes(app: web.Application, routes: tuple[CaptureRoute, ...]) -> None:
+def add_routes(app: web.Application, routes: tuple[CaptureRoute, ...], services: Services) -> None:
     if not routes:
         return
     app.cleanup_ctx.append(http_session)
+    # One for the app: what it says once (identical logins), it says once per process.
+    learn = Capture(services.verifier, services.sessions, services.settings.jwt.session_claim)
     for route in routes:
-        app.router.add_route("*", route.path, handler(route))
+        app.router.add_route("*", route.path, handler(route, learn))
