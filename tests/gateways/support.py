@@ -36,6 +36,8 @@ CHROME_WINDOWS = (
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 "
     "(KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36"
 )
+# The one origin whose pages may log sessions out with the cookie credential.
+APP_ORIGIN = "https://app.example.com"
 # The ports the shipped configurations use; tests swap each for a free one.
 LISTEN_PORT, APP_PORT, SIDECAR_PORT = 8000, 8001, 8080
 STARTUP_TIMEOUT = 30.0
@@ -222,6 +224,7 @@ def sidecar_config(port: int, database: Path) -> str:
 host = "127.0.0.1"
 port = {port}
 trusted_proxies = ["127.0.0.1/32", "::1/128"]
+allowed_origins = ["{APP_ORIGIN}"]
 
 [jwt]
 algorithms = ["HS256"]
@@ -229,6 +232,8 @@ secret = "{SECRET}"
 leeway_seconds = 0
 token_type_claim = "type"
 access_token_type = "access"
+# Browsers' tokens come in this cookie when a request has no Authorization header.
+cookie_name = "access_token"
 
 [sessions]
 last_seen_flush_seconds = 0.2
