@@ -47,6 +47,9 @@ class ServerSettings:
     header_timeout_seconds: float = 10.0
     keepalive_timeout_seconds: float = 75.0
     max_connections: int = 10_000
+    # Origins ("https://app.example.com") whose pages may make unsafe sessions-API requests
+    # with a cookie credential (jwt.cookie_name); lower case, no trailing slash.
+    allowed_origins: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,8 @@ class JwtSettings:
     claim_headers: Mapping[str, str] = field(default_factory=dict)
     max_token_bytes: int = 8192
     verified_cache_size: int = 100_000
+    # The cookie that carries the access token when a request has no Authorization header.
+    cookie_name: str | None = None
 
     @property
     def development_hmac_only(self) -> bool:
@@ -369,7 +374,30 @@ def _server(s: _Section) -> ServerSettings:
         header_timeout_seconds=s.number("header_timeout_seconds", 10.0, minimum=0.1, maximum=600),
         keepalive_timeout_seconds=s.number("keepalive_timeout_seconds", 75.0, minimum=0.1, maximum=3600),
         max_connections=s.integer("max_connections", 10_000, minimum=1, maximum=1_000_000),
+        allowed_origins=_origins(s),
     ))
+
+
+def _origins(s: _Section) -> frozenset[str]:
+    """``server.allowed_origins``: serialised origins (RFC 6454 section 6.2), as a browser
+    sends them in ``Origin``: scheme://host[:port], nothing after it."""
+    out: set[str] = set()
+    for item in s.str_list("allowed_origins"):
+        try:
+            parts = urlsplit(item)
+            _ = parts.port
+        except ValueError:
+            parts = None
+        if (
+            parts is None or parts.scheme not in ("http", "https") or not parts.hostname
+            or parts.path or parts.query or parts.fragment or "@" in parts.netloc or item != item.strip()
+        ):
+            raise ConfigError(
+                f"server.allowed_origins: {item!r} is not an origin like \"https://app.example.com\" "
+                "(scheme, host and optional port; no path, not even a trailing /)"
+            )
+        out.add(item.lower())
+    return frozenset(out)
 
 
 def _claim_name(s: _Section, k: str, default: str) -> str:
@@ -455,7 +483,16 @@ def _jwt(s: _Section) -> JwtSettings:
         claim_headers=headers,
         max_token_bytes=s.integer("max_token_bytes", 8192, minimum=256, maximum=65536),
         verified_cache_size=s.integer("verified_cache_size", 100_000, minimum=0, maximum=10_000_000),
+        cookie_name=_cookie_name(s),
     ))
+
+
+def _cookie_name(s: _Section) -> str | None:
+    name = s.optional_str("cookie_name")
+    # RFC 6265 section 4.1.1: cookie-name is an RFC 2616 token.
+    if name is not None and (not _is_token(name) or len(name) > 256):
+        raise ConfigError(f"jwt.cookie_name: must be a cookie name (RFC 6265 token characters), got {name!r}")
+    return name
 
 
 def _optional_seconds(s: _Section, k: str, *, maximum: float) -> float | None:

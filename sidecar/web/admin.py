@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import binascii
 import hmac
 import json
 import logging
@@ -15,7 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from sidecar.enrich.client_ip import IPAddress, parse_address
 from sidecar.errors import InvalidToken, SessionRejected
 from sidecar.sessions.service import ClientInfo
-from sidecar.web import audit
+from sidecar.web import audit, oauth2
 from sidecar.web.api import NOT_FOUND, session_id_from
 from sidecar.web.envelope import ApiError, page, session_json, success
 from sidecar.web.keys import ADMIN_ACTOR, SERVICES
@@ -28,6 +29,20 @@ MAX_USER_AGENT = 4096
 # C0 controls but HTAB, DEL, C1 controls and lone surrogates (which no store can encode).
 _NOT_IN_A_HEADER = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\ud800-\udfff]")
 _ADMIN_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="sidecar-admin"'}
+_OAUTH_CHALLENGE = {"WWW-Authenticate": 'Basic realm="sidecar-admin", Bearer realm="sidecar-admin"'}
+
+
+def _basic_candidate(credentials: str) -> bytes | None:
+    """The admin key a ``Basic`` credential offers (RFC 7617): the password, or the user
+    name when the password is empty (``curl -u KEY:``); the other half is ignored."""
+    try:
+        decoded = binascii.a2b_base64(credentials.strip().encode("ascii"), strict_mode=True)
+        user, colon, password = decoded.decode("utf-8").partition(":")
+    except (UnicodeError, ValueError):
+        return None
+    if not colon:
+        return None
+    return (password or user).encode() or None
 
 
 @web.middleware
@@ -36,14 +51,24 @@ async def require_api_key(request: web.Request, handler: Handler) -> web.StreamR
     values = request.headers.getall("Authorization", [])
     given = values[0].strip() if len(values) == 1 else ""
     scheme, _, key = given.partition(" ")
-    matched: str | None = None
+    oauth = request.path in oauth2.PATHS
+    candidate: bytes | None = None
     if scheme.lower() == "bearer" and key:
         candidate = key.strip().encode()
+    elif oauth and scheme.lower() == "basic" and key:
+        # RFC 7662 section 2.1 / RFC 7009 section 2.1 clients authenticate with HTTP Basic.
+        # Only on these two routes: a browser remembers Basic credentials and replays them
+        # on cross-site requests, so the other admin routes accept only Bearer.
+        candidate = _basic_candidate(key)
+    matched: str | None = None
+    if candidate is not None:
         # Compare against every key in constant time, whatever matches first.
         for k in keys:
             if hmac.compare_digest(candidate, k.encode()):
                 matched = k
     if matched is None:
+        if oauth:
+            return oauth2.oauth_error(401, "invalid_client", _OAUTH_CHALLENGE)
         raise ApiError(401, "Invalid or missing admin API key", _ADMIN_CHALLENGE)
     request[ADMIN_ACTOR] = audit.key_fingerprint(matched)
     return await handler(request)
@@ -160,6 +185,7 @@ async def metrics(request: web.Request) -> web.Response:
 
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/metrics", metrics)
+    oauth2.add_routes(app)
     app.router.add_post("/admin/v1/sessions", register_session)
     app.router.add_delete(r"/admin/v1/sessions/{tail:[\s\S]+}", revoke_session)
     for path in ("/admin/v1/users/{user_id}/sessions", "/admin/v1/users/{user_id}/sessions/"):

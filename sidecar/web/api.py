@@ -11,7 +11,7 @@ from sidecar.web import audit
 from sidecar.web.envelope import ApiError, page, session_json, success
 from sidecar.web.keys import API_RATE, SERVICES
 from sidecar.web.paging import next_cursor, page_params
-from sidecar.web.requests import authenticate, client_of
+from sidecar.web.requests import authenticate, client_of, uses_cookie
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,30 @@ def _rate_limit(request: web.Request) -> None:
         raise ApiError(429, "Too many requests", {"Retry-After": str(wait)})
 
 
+CROSS_SITE = "Cross-site request refused"
+
+
+def _same_origin(request: web.Request) -> None:
+    """403 for an unsafe request whose credential is the cookie, unless it is same-origin:
+    ``Origin`` one of ``server.allowed_origins``, or ``Sec-Fetch-Site: same-origin``. A
+    browser attaches the cookie to a cross-site request too; it never lets a page set
+    either header, so a forged form or fetch cannot log anyone out (CSRF, SECURITY_CASES E45).
+    A request with an Authorization header is not affected: no browser adds one by itself."""
+    settings = request.app[SERVICES].settings
+    if not uses_cookie(request, settings):
+        return
+    fetch_site = request.headers.getall("Sec-Fetch-Site", [])
+    if fetch_site == ["same-origin"]:
+        return
+    origins = request.headers.getall("Origin", [])
+    if len(origins) == 1 and origins[0].lower() in settings.server.allowed_origins:
+        return
+    log.info(
+        "api: cross-site %s %s with a cookie credential refused (Origin %r)", request.method, request.path, origins[:1]
+    )
+    raise ApiError(403, CROSS_SITE)
+
+
 async def list_sessions(request: web.Request) -> web.Response:
     _rate_limit(request)
     limit, before = page_params(request)
@@ -48,6 +72,7 @@ async def list_sessions(request: web.Request) -> web.Response:
 
 async def delete_other_sessions(request: web.Request) -> web.Response:
     _rate_limit(request)
+    _same_origin(request)
     claims, current = await authenticate(request)
     services = request.app[SERVICES]
     # The caller's session by its own key: a token a refresh minted is bound to it.
@@ -77,6 +102,7 @@ async def get_session(request: web.Request) -> web.Response:
 
 async def delete_session(request: web.Request) -> web.Response:
     _rate_limit(request)
+    _same_origin(request)
     session_id = session_id_from(request.match_info["tail"])
     claims, current = await authenticate(request)
     services = request.app[SERVICES]

@@ -18,7 +18,7 @@ from sidecar.logs import REQUEST_ID
 from sidecar.routes import Policy, RouteTable
 from sidecar.web.envelope import BEARER_CHALLENGE
 from sidecar.web.limits import InFlight
-from sidecar.web.requests import authenticate_with
+from sidecar.web.requests import authenticate_with, has_credentials
 from sidecar.web.services import Services
 
 log = logging.getLogger(__name__)
@@ -126,7 +126,7 @@ class Check:
                 if policy == "public":
                     stats.public += 1
                     return web.Response(status=200, headers=_ANONYMOUS_HEADERS)
-                if not request.headers.getall("Authorization", ()):
+                if not has_credentials(request, services.settings):
                     stats.anonymous += 1
                     return web.Response(status=200, headers=_ANONYMOUS_HEADERS)
             try:

@@ -116,6 +116,11 @@ _SESSION_ID_PARAMETER = {
 }
 
 
+# Either credential: the bearer header, or (jwt.cookie_name) the cookie.
+def _credentials() -> list[dict[str, list[str]]]:
+    return [{"bearer": []}, {"cookie": []}]
+
+
 def _check_operation(method: str, *, with_tail: bool) -> dict[str, Any]:
     operation: dict[str, Any] = {
         "tags": ["check"],
@@ -126,7 +131,7 @@ def _check_operation(method: str, *, with_tail: bool) -> dict[str, Any]:
             "401 (deny) whatever the method and sub-path: never a redirect or another 4xx. The "
             "request body is never read."
         ),
-        "security": [{"bearer": []}],
+        "security": _credentials(),
         "responses": {
             "200": _response("Allow"),
             "401": _response("Deny"),
@@ -201,7 +206,20 @@ def _components() -> dict[str, Any]:
                     "`Authorization: Bearer <access token>`: the JWT your auth service issued. "
                     "Exactly one Authorization header; the scheme name is case-insensitive."
                 ),
-            }
+            },
+            "cookie": {
+                "type": "apiKey",
+                "in": "cookie",
+                "name": "access_token",
+                "description": (
+                    "Only when `jwt.cookie_name` is set (the name here is an example: it is that "
+                    "key's value): the access token in that cookie, used when the request has no "
+                    "Authorization header. A header wins; a header and a cookie that disagree, or "
+                    "two cookies of the name with different values, are a 401. With the cookie as "
+                    "credential, a DELETE must be same-origin (`Origin` in `server.allowed_origins`, "
+                    "or `Sec-Fetch-Site: same-origin`), else 403."
+                ),
+            },
         },
         "headers": {
             "NoStore": {
@@ -368,6 +386,14 @@ def _components() -> dict[str, Any]:
                 (LIMIT_MESSAGE, CURSOR_MESSAGE),
                 "`limit` is out of range or not an integer, or `before` is not a cursor this API gave.",
             ),
+            "CrossSite": _error(
+                403,
+                "Cross-site request refused",
+                "The credential is the `jwt.cookie_name` cookie and the request is not same-origin: "
+                "no `Origin` listed in `server.allowed_origins` and no `Sec-Fetch-Site: same-origin` "
+                "(CSRF protection; nothing was changed). Requests with an Authorization header are "
+                "never refused this way.",
+            ),
             "SessionNotFound": _error(
                 404,
                 "Session not found",
@@ -400,7 +426,7 @@ def build_document() -> dict[str, Any]:
                     "is the cursor of the following page, null on the last, so a client that "
                     "reads only `data` gets the first page."
                 ),
-                "security": [{"bearer": []}],
+                "security": _credentials(),
                 "parameters": _PAGE_PARAMETERS,
                 "responses": {
                     "200": _success(
@@ -421,10 +447,11 @@ def build_document() -> dict[str, Any]:
                     "Revokes every other session of the caller and refuses every older token of "
                     "the caller that was never seen; the current session keeps working."
                 ),
-                "security": [{"bearer": []}],
+                "security": _credentials(),
                 "responses": {
                     "204": _response("NoContent"),
                     "401": _response("Unauthorized"),
+                    "403": _response("CrossSite"),
                     "429": _response("RateLimited"),
                     "503": _response("StoreUnavailable"),
                 },
@@ -436,7 +463,7 @@ def build_document() -> dict[str, Any]:
                 "tags": ["sessions"],
                 "operationId": "get_session",
                 "summary": "One of my active sessions",
-                "security": [{"bearer": []}],
+                "security": _credentials(),
                 "responses": {
                     "200": _success("Session retrieved successfully", _schema("Session"), "The session."),
                     "400": _response("InvalidSessionId"),
@@ -451,11 +478,12 @@ def build_document() -> dict[str, Any]:
                 "operationId": "delete_session",
                 "summary": "Log out one of my sessions (possibly the current one)",
                 "description": "Idempotent: deleting an already revoked or expired session of mine is a 204 again.",
-                "security": [{"bearer": []}],
+                "security": _credentials(),
                 "responses": {
                     "204": _response("NoContent"),
                     "400": _response("InvalidSessionId"),
                     "401": _response("Unauthorized"),
+                    "403": _response("CrossSite"),
                     "404": _response("SessionNotFound"),
                     "429": _response("RateLimited"),
                     "503": _response("StoreUnavailable"),

@@ -1,4 +1,8 @@
-"""Reading what a request says about its caller: the bearer token and the client."""
+"""Reading what a request says about its caller: the token (an ``Authorization`` header, or
+the ``jwt.cookie_name`` cookie) and the client.
+
+The one place both the gateway check and the sessions API take credentials from.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from aiohttp import web
 
 from sidecar.config import Settings
 from sidecar.enrich.client_ip import client_ip
+from sidecar.errors import InvalidToken
 from sidecar.sessions.service import ClientInfo
 from sidecar.tokens.bearer import extract_bearer
 from sidecar.tokens.claims import Claims
@@ -46,13 +51,82 @@ async def bearer_claims(authorization: Sequence[str], services: Services) -> Cla
     return await services.verifier.verify(token)
 
 
+def cookie_values(cookie_headers: Sequence[str], name: str) -> list[str]:
+    """Every value of the cookie ``name`` in ``cookie_headers`` (every Cookie header
+    received), in order, read as RFC 6265 section 5.4 sends them: ``name=value`` pairs
+    separated by ``;``, names compared exactly, a value's surrounding double quotes dropped."""
+    found: list[str] = []
+    for header in cookie_headers:
+        for pair in header.split(";"):
+            key, eq, value = pair.partition("=")
+            if eq and key.strip(" \t") == name:
+                value = value.strip(" \t")
+                if len(value) >= 2 and value[0] == value[-1] == '"':
+                    value = value[1:-1]
+                found.append(value)
+    return found
+
+
+def has_credentials(request: web.BaseRequest, settings: Settings) -> bool:
+    """Whether the request offers a token at all: an Authorization header, or the cookie."""
+    if request.headers.getall("Authorization", ()):
+        return True
+    name = settings.jwt.cookie_name
+    return name is not None and bool(cookie_values(request.headers.getall("Cookie", ()), name))
+
+
+def uses_cookie(request: web.BaseRequest, settings: Settings) -> bool:
+    """Whether the request's credential is the cookie (no Authorization header, the cookie
+    sent): what makes an unsafe request need to be same-origin."""
+    name = settings.jwt.cookie_name
+    return (
+        name is not None
+        and not request.headers.getall("Authorization", ())
+        and bool(cookie_values(request.headers.getall("Cookie", ()), name))
+    )
+
+
+def _cookie_token(request: web.BaseRequest, name: str, max_bytes: int) -> tuple[list[str], str | None]:
+    """(the Authorization headers, the cookie's token or None), refusing what is ambiguous:
+    two different values of the cookie, or a cookie that is not the header's token
+    (SECURITY_CASES E45); an oversized cookie is refused like an oversized header (A14)."""
+    authorization = request.headers.getall("Authorization", [])
+    values = cookie_values(request.headers.getall("Cookie", ()), name)
+    if not values:
+        return authorization, None
+    token = values[0]
+    if any(v != token for v in values):
+        raise InvalidToken("duplicate_cookie")
+    if len(token) > max_bytes + 16:
+        raise InvalidToken("oversized_token", f"{len(token)} bytes")
+    if authorization and extract_bearer(authorization, max_bytes) != token:
+        raise InvalidToken("cookie_header_mismatch")
+    return authorization, token
+
+
+async def request_claims(request: web.BaseRequest, services: Services) -> Claims:
+    """The verified claims of the request's token, or ``InvalidToken``: the Authorization
+    header's bearer token; without a header, the ``jwt.cookie_name`` cookie when set."""
+    name = services.settings.jwt.cookie_name
+    if name is None:
+        return await bearer_claims(request.headers.getall("Authorization", ()), services)
+    authorization, token = _cookie_token(request, name, services.settings.jwt.max_token_bytes)
+    if token is None or authorization:
+        return await bearer_claims(authorization, services)
+    return await services.verifier.verify(token)
+
+
 async def authenticate_with(request: web.BaseRequest, services: Services) -> tuple[Claims, str]:
-    """Verify the request's bearer token and its session: (claims, session id).
+    """Verify the request's token (``request_claims``) and its session: (claims, session id).
 
     What the gateway check and the sessions API both decide; raises InvalidToken /
     StoreUnavailable.
     """
-    claims = await bearer_claims(request.headers.getall("Authorization", ()), services)
+    if services.settings.jwt.cookie_name is None:
+        # The check's hot path: no extra coroutine when no cookie is configured.
+        claims = await bearer_claims(request.headers.getall("Authorization", ()), services)
+    else:
+        claims = await request_claims(request, services)
     session_id = await services.sessions.check(claims, lambda: client_of(request, services.settings))
     return claims, session_id
 

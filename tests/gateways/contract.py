@@ -21,6 +21,7 @@ from yarl import URL
 
 from tests.gateways.conftest import OTHER_CLIENT_ADDRESS
 from tests.gateways.support import (
+    APP_ORIGIN,
     CHROME_WINDOWS,
     Gateway,
     Sidecar,
@@ -331,6 +332,34 @@ class GatewayContract:
         assert_refused_401(await send(http, gateway, "GET", refused, bearer(other)))
         assert upstream.received(refused) == []
         assert (await send(http, gateway, "GET", probe_path(), bearer(current))).status == 200
+
+    async def test_a_token_in_the_cookie_passes_and_cross_site_logouts_are_refused(
+        self, http: aiohttp.ClientSession, gateway: Gateway, upstream: Upstream
+    ) -> None:
+        """The jwt.cookie_name cookie reaches the check and the API; a cross-site DELETE with it is 403, a same-origin one 204 (E45)."""
+        token = mint("uma")
+        cookie = {"Cookie": f"theme=dark; access_token={token}"}
+        path = probe_path()
+        assert (await send(http, gateway, "GET", path, cookie)).status == 200
+        assert values(only_request(upstream, path), "X-Auth-User") == ["uma"]
+        listed = await send(http, gateway, "GET", "/api/v1/sessions/", cookie)
+        assert listed.status == 200, listed.body
+        [mine] = listed.json()["data"]
+        one = f"/api/v1/sessions/{mine['id']}/"
+        refused = await send(http, gateway, "DELETE", one, {**cookie, "Origin": "https://evil.example"})
+        assert refused.status == 403 and refused.json()["message"] == "Cross-site request refused"
+        assert (await send(http, gateway, "GET", probe_path(), cookie)).status == 200
+        assert (await send(http, gateway, "DELETE", one, {**cookie, "Origin": APP_ORIGIN})).status == 204
+        assert_refused_401(await send(http, gateway, "GET", probe_path(), cookie))
+
+    async def test_a_cookie_that_disagrees_with_the_header_is_refused(
+        self, http: aiohttp.ClientSession, gateway: Gateway, upstream: Upstream
+    ) -> None:
+        """A bearer header and a cookie holding another token are refused at the gateway, never forwarded."""
+        path = probe_path()
+        headers = {**bearer(mint("vera")), "Cookie": f"access_token={mint('vera')}"}
+        assert_refused_401(await send(http, gateway, "GET", path, headers))
+        assert upstream.received(path) == []
 
     # ------------------------------------------------------------ 4. who the client is
 

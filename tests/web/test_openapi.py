@@ -181,7 +181,7 @@ def test_every_operation_has_an_id_a_summary_and_security_stated() -> None:
     assert len(ids) == len(set(ids))
     for op in operations:
         assert op["summary"]
-        assert op["security"] in ([], [{"bearer": []}]), op["operationId"]
+        assert op["security"] in ([], [{"bearer": []}, {"cookie": []}]), op["operationId"]
 
 
 async def test_document_is_served_at_its_path_with_and_without_trailing_slash(sidecar: Sidecar) -> None:
@@ -254,6 +254,18 @@ async def test_sessions_api_answers_conform(sidecar: Sidecar) -> None:
     assert await call(sidecar, "DELETE", listed, listed, token) == 204
     assert await call(sidecar, "DELETE", f"/api/v1/sessions/{mine}/", one, token) == 204
     assert await call(sidecar, "GET", listed, listed, token) == 401  # my own session is gone
+
+
+async def test_cross_site_cookie_deletes_answer_conform(tmp_path: Path, start_sidecar: Any) -> None:
+    """The 403 of a cross-site DELETE with the cookie credential, on both DELETE operations, is as documented."""
+    sidecar: Sidecar = await start_sidecar(settings_for(tmp_path, jwt={"cookie_name": "at"}))
+    token = mint("alice")
+    mine = await session_of(sidecar, token)
+    cookie = {"Cookie": f"at={token}", "Origin": "https://evil.example"}
+    assert await call(sidecar, "DELETE", "/api/v1/sessions/", "/api/v1/sessions/", **cookie) == 403
+    assert await call(sidecar, "DELETE", f"/api/v1/sessions/{mine}/", "/api/v1/sessions/{id}/", **cookie) == 403
+    assert await call(sidecar, "GET", "/api/v1/sessions/", "/api/v1/sessions/", **cookie) == 200
+    assert await call(sidecar, "GET", "/introspect", "/introspect", Cookie=f"at={token}") == 200
 
 
 async def test_rate_limited_answers_conform(tmp_path: Path, start_sidecar: Any) -> None:
