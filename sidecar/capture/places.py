@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, Literal
+
+from sidecar.cookies import request_cookie_values, set_cookie_values
 
 Event = Literal["login", "refresh", "logout"]
 EVENTS: Final[tuple[Event, ...]] = ("login", "refresh", "logout")
@@ -53,45 +55,6 @@ class CaptureRoute:
 
 class AmbiguousToken(ValueError):
     """The same place holds two different tokens (two cookies of one name, say)."""
-
-
-# ------------------------------------------------------------------ cookies (RFC 6265)
-
-
-def set_cookie_values(headers: Iterable[str]) -> dict[str, list[str]]:
-    """Cookie values of ``Set-Cookie`` header values, read as browsers read them.
-
-    RFC 6265 section 5.2: the name and value are what comes before the first ``;``; the
-    attributes after it are the browser's business, and a malformed one (the
-    ``expires=30 days, 0:00:00`` some apps send) never hides the cookie. A cookie set to an
-    empty value (how apps clear one) is left out.
-    """
-    found: dict[str, list[str]] = {}
-    for header in headers:
-        pair = header.split(";", 1)[0]
-        name, sep, value = pair.partition("=")
-        name, value = name.strip(" \t"), value.strip(" \t")
-        if not sep or not name:
-            continue
-        if len(value) >= 2 and value[0] == value[-1] == '"':
-            value = value[1:-1]
-        if value:
-            found.setdefault(name, []).append(value)
-    return found
-
-
-def request_cookie_values(headers: Iterable[str]) -> dict[str, list[str]]:
-    """Cookie values of ``Cookie`` request headers (RFC 6265 section 5.4: ``a=b; c=d``)."""
-    found: dict[str, list[str]] = {}
-    for header in headers:
-        for pair in header.split(";"):
-            name, sep, value = pair.partition("=")
-            name, value = name.strip(" \t"), value.strip(" \t")
-            if sep and name:
-                if len(value) >= 2 and value[0] == value[-1] == '"':
-                    value = value[1:-1]
-                found.setdefault(name, []).append(value)
-    return found
 
 
 def _one(values: Sequence[str]) -> str | None:

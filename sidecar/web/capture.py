@@ -28,7 +28,7 @@ from sidecar.sessions.service import ClientInfo
 from sidecar.web import audit
 from sidecar.web.envelope import error
 from sidecar.web.keys import SERVICES
-from sidecar.web.requests import client_of
+from sidecar.web.requests import client_of, presented_token
 from sidecar.web.services import Services
 
 log = logging.getLogger(__name__)
@@ -185,7 +185,7 @@ async def _learn(
             return
         await learn.refreshed(session, access, refresh or presented_refresh, client)
     else:
-        bearer = _bearer(request)
+        bearer = presented_token(request, services.settings)
         ended = await learn.session_to_end(bearer, presented_refresh)
         if ended is None or ended.revoked_at is not None:
             return  # unknown or already revoked: forwarded, nothing more to revoke
@@ -195,16 +195,6 @@ async def _learn(
             log.info("capture: logout revoked session %s of user %s", revoked.id, revoked.user_id)
             audit.record("session.revoked", api="capture", reason="logout", user=revoked.user_id,
                          session=revoked.id)
-
-
-def _bearer(request: web.Request) -> str | None:
-    values = request.headers.getall("Authorization", ())
-    if len(values) != 1:
-        return None
-    scheme, _, token = values[0].strip().partition(" ")
-    if scheme.lower() != "bearer":
-        return None
-    return token.strip() or None
 
 
 def add_routes(app: web.Application, routes: tuple[CaptureRoute, ...], services: Services) -> None:

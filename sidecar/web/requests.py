@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from aiohttp import web
 
 from sidecar.config import Settings
+from sidecar.cookies import request_cookie_values
 from sidecar.enrich.client_ip import client_ip
 from sidecar.errors import InvalidToken
 from sidecar.sessions.service import ClientInfo
@@ -53,18 +54,22 @@ async def bearer_claims(authorization: Sequence[str], services: Services) -> Cla
 
 def cookie_values(cookie_headers: Sequence[str], name: str) -> list[str]:
     """Every value of the cookie ``name`` in ``cookie_headers`` (every Cookie header
-    received), in order, read as RFC 6265 section 5.4 sends them: ``name=value`` pairs
-    separated by ``;``, names compared exactly, a value's surrounding double quotes dropped."""
-    found: list[str] = []
-    for header in cookie_headers:
-        for pair in header.split(";"):
-            key, eq, value = pair.partition("=")
-            if eq and key.strip(" \t") == name:
-                value = value.strip(" \t")
-                if len(value) >= 2 and value[0] == value[-1] == '"':
-                    value = value[1:-1]
-                found.append(value)
-    return found
+    received), in order (``sidecar.cookies``: RFC 6265 section 5.4)."""
+    return request_cookie_values(cookie_headers).get(name, [])
+
+
+def presented_token(request: web.BaseRequest, settings: Settings) -> str | None:
+    """The token a request presents, unverified: its bearer token, else (with
+    ``jwt.cookie_name``) the cookie's; None when there is none or it is ambiguous."""
+    try:
+        if request.headers.getall("Authorization", ()):
+            return extract_bearer(request.headers.getall("Authorization"), settings.jwt.max_token_bytes)
+        if settings.jwt.cookie_name is None:
+            return None
+        _, token = _cookie_token(request, settings.jwt.cookie_name, settings.jwt.max_token_bytes)
+    except InvalidToken:
+        return None
+    return token
 
 
 def has_credentials(request: web.BaseRequest, settings: Settings) -> bool:

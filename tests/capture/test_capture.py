@@ -20,7 +20,8 @@ import aiohttp
 import pytest
 
 from sidecar.capture.learn import refresh_key
-from sidecar.capture.places import TokenPlace, request_cookie_values, set_cookie_values, token_in_answer
+from sidecar.capture.places import TokenPlace, token_in_answer
+from sidecar.cookies import request_cookie_values, set_cookie_values
 from tests.capture import auth_service
 from tests.conftest import Sidecar, bearer, settings_for
 from tests.gateways.support import free_ports
@@ -338,3 +339,23 @@ def test_a_path_captured_twice_is_refused(tmp_path: Path) -> None:
     entry = {"path": "/login", "event": "login", "upstream": "http://a:1", "access_token": "body:t"}
     with pytest.raises(ConfigError, match=r"capture\[1\].path: /login is captured twice"):
         settings_for(tmp_path, capture=[entry, entry])
+
+
+async def test_a_logout_with_the_access_token_in_a_cookie_ends_its_session(
+    start_sidecar: Callable[..., Any], aiohttp_server: Any, tmp_path: Path
+) -> None:
+    """With jwt.cookie_name, a logout presenting only the access-token cookie revokes that session."""
+    auth = await aiohttp_server(auth_service.create_app())
+    upstream = str(auth.make_url("")).rstrip("/")
+    settings = settings_for(
+        tmp_path, jwt={**BOILERPLATE_JWT, "cookie_name": "access_token"}, capture=capture_routes(upstream)
+    )
+    sidecar: Sidecar = await start_sidecar(settings)
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
+        world = World(sidecar, auth, http)
+        device = Device(LAPTOP)
+        assert await world.login(device) == 200
+        assert await world.check(device) == 200
+        async with http.post(world.url(LOGOUT), headers={"Cookie": f"access_token={device.access}"}) as resp:
+            assert resp.status == 200
+        assert await world.check(device) == 401

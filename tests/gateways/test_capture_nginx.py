@@ -18,7 +18,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from sidecar.capture.places import set_cookie_values
+from sidecar.cookies import set_cookie_values
 from tests.gateways.support import (
     APP_PORT,
     CONTRIB,
