@@ -36,22 +36,6 @@ def client_of(request: web.BaseRequest, settings: Settings) -> ClientInfo:
     return ClientInfo(ip=ip, user_agent=request.headers.get("User-Agent"))
 
 
-async def bearer_claims(authorization: Sequence[str], services: Services) -> Claims:
-    """The verified claims of the bearer token in ``authorization`` (every Authorization
-    header received), or ``InvalidToken``.
-
-    A header that is exactly ``Bearer <token>`` with a token verified before costs one
-    hash and one lookup; anything else (a new token, two headers, odd spacing) is read in
-    full by extract_bearer, which gives the same token wherever the shortcut applies.
-    """
-    if len(authorization) == 1 and authorization[0].startswith("Bearer "):
-        claims = services.verifier.cached(authorization[0][7:])
-        if claims is not None:
-            return claims
-    token = extract_bearer(authorization, services.settings.jwt.max_token_bytes)
-    return await services.verifier.verify(token)
-
-
 def cookie_values(cookie_headers: Sequence[str], name: str) -> list[str]:
     """Every value of the cookie ``name`` in ``cookie_headers`` (every Cookie header
     received), in order (``sidecar.cookies``: RFC 6265 section 5.4)."""
@@ -114,10 +98,10 @@ async def request_claims(request: web.BaseRequest, services: Services) -> Claims
     header's bearer token; without a header, the ``jwt.cookie_name`` cookie when set."""
     name = services.settings.jwt.cookie_name
     if name is None:
-        return await bearer_claims(request.headers.getall("Authorization", ()), services)
+        return await services.verifier.verify_bearer(request.headers.getall("Authorization", ()))
     authorization, token = _cookie_token(request, name, services.settings.jwt.max_token_bytes)
     if token is None or authorization:
-        return await bearer_claims(authorization, services)
+        return await services.verifier.verify_bearer(authorization)
     return await services.verifier.verify(token)
 
 
@@ -129,7 +113,7 @@ async def authenticate_with(request: web.BaseRequest, services: Services) -> tup
     """
     if services.settings.jwt.cookie_name is None:
         # The check's hot path: no extra coroutine when no cookie is configured.
-        claims = await bearer_claims(request.headers.getall("Authorization", ()), services)
+        claims = await services.verifier.verify_bearer(request.headers.getall("Authorization", ()))
     else:
         claims = await request_claims(request, services)
     session_id = await services.sessions.check(claims, lambda: client_of(request, services.settings))
