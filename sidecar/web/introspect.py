@@ -104,8 +104,13 @@ class Check:
     def _policy(self, request: web.BaseRequest) -> Policy:
         if self.routes is None:
             return "required"
-        methods, paths = original_request(request)
-        return self.routes.policy(methods, paths)
+        try:
+            methods, paths = original_request(request)
+            return self.routes.policy(methods, paths)
+        except Exception:
+            # Fail closed: a description of the request that cannot be read is no public route.
+            log.exception("check: route policy failed, the normal check applies: %s", _context(request))
+            return "required"
 
     async def handle(self, request: web.BaseRequest) -> web.Response:
         services = self.services

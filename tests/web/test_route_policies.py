@@ -141,3 +141,17 @@ async def test_metrics_count_public_and_anonymous_answers(routed: Sidecar) -> No
         text = await resp.text()
     assert 'sidecar_check_decisions_total{reason="public",result="allow"} 1.0' in text
     assert 'sidecar_check_decisions_total{reason="anonymous",result="allow"} 1.0' in text
+
+
+async def test_a_route_policy_that_fails_falls_back_to_the_normal_check(
+    routed: Sidecar, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Should the policy lookup raise, the check applies the normal rules: never a 500, never an allow without a token."""
+    from sidecar.routes import RouteTable
+
+    def broken(self: RouteTable, methods: Any, paths: Any) -> str:
+        raise RuntimeError("policy lookup failed")
+
+    monkeypatch.setattr(RouteTable, "policy", broken)
+    assert (await nginx_check(routed, "POST", "/api/v1/auth/login")).status == 401
+    assert (await nginx_check(routed, "POST", "/api/v1/auth/login", mint("dora"))).status == 200
