@@ -10,6 +10,7 @@ file system or the environment.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import math
 import os
@@ -18,7 +19,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar, cast
+from typing import Any, Literal, TypeVar, cast, get_args
 from urllib.parse import parse_qs, urlsplit
 
 from sidecar.capture.places import EVENTS, CaptureRoute, TokenPlace, parse_place
@@ -32,6 +33,8 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 RESERVED_HEADERS = frozenset({"x-auth-user", "x-auth-session"})
 
 Registration = Literal["auto", "explicit"]
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+LogFormat = Literal["text", "json"]
 
 
 @dataclass(frozen=True)
@@ -160,8 +163,8 @@ class AdminSettings:
 
 @dataclass(frozen=True)
 class LoggingSettings:
-    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    format: Literal["text", "json"] = "text"
+    level: LogLevel = "INFO"
+    format: LogFormat = "text"
 
 
 @dataclass(frozen=True)
@@ -236,23 +239,54 @@ def from_mapping(
 T = TypeVar("T")
 
 
-class _Section:
-    """Typed access to one TOML table that remembers which keys were read."""
+class _Default:
+    """The default of a key is its settings dataclass's (written once, there)."""
 
-    def __init__(self, name: str, data: Mapping[str, Any], environ: Mapping[str, str], base: Path):
+
+_DEFAULT: Any = _Default()
+
+
+def _defaults_of(cls: type | None) -> dict[str, Any]:
+    if cls is None:
+        return {}
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    return out
+
+
+class _Section:
+    """Typed access to one TOML table that remembers which keys were read.
+
+    A key's default, when the loader gives none, is the field of the same name of
+    ``defaults`` (the section's settings dataclass): every default is written once.
+    """
+
+    def __init__(
+        self, name: str, data: Mapping[str, Any], environ: Mapping[str, str], base: Path, defaults: type | None = None
+    ):
         self.name = name
         self.data = data
         self.environ = environ
         self.base = base
         self.allowed: set[str] = set()
+        self._defaults = _defaults_of(defaults)
+
+    def default(self, k: str) -> Any:
+        if k not in self._defaults:
+            raise KeyError(f"{self.key(k)} has no default in its settings class")  # a bug of ours
+        return self._defaults[k]
 
     def key(self, k: str) -> str:
         return f"{self.name}.{k}"
 
-    def get(self, k: str, typ: type[T] | tuple[type, ...], default: T) -> T:
+    def get(self, k: str, typ: type[T] | tuple[type, ...], default: T = _DEFAULT) -> T:
         self.allowed.add(k)
         if k not in self.data:
-            return default
+            return cast(T, self.default(k)) if default is _DEFAULT else default
         v = self.data[k]
         types = typ if isinstance(typ, tuple) else (typ,)
         ok = isinstance(v, types)
@@ -267,13 +301,13 @@ class _Section:
             raise ConfigError(f"{self.key(k)}: must be {names}, got {_type_name(type(v))}")
         return cast(T, v)
 
-    def number(self, k: str, default: float, *, minimum: float, maximum: float = math.inf) -> float:
+    def number(self, k: str, default: float = _DEFAULT, *, minimum: float, maximum: float = math.inf) -> float:
         v = self.get(k, float, default)
         if not (minimum <= v <= maximum) or math.isnan(v):
             raise ConfigError(f"{self.key(k)}: must be between {minimum:g} and {maximum:g}, got {v:g}")
         return v
 
-    def integer(self, k: str, default: int, *, minimum: int, maximum: int) -> int:
+    def integer(self, k: str, default: int = _DEFAULT, *, minimum: int, maximum: int) -> int:
         v = self.get(k, int, default)
         if not minimum <= v <= maximum:
             raise ConfigError(f"{self.key(k)}: must be between {minimum} and {maximum}, got {v}")
@@ -335,7 +369,9 @@ class _Reader:
         self.base = base
 
     def section(self, name: str) -> _Section:
-        return _Section(name, self.raw.get(name, {}), self.environ, self.base)
+        # Settings' fields are made by their section classes (default_factory=ServerSettings...).
+        factory = next(f.default_factory for f in dataclasses.fields(Settings) if f.name == name)
+        return _Section(name, self.raw.get(name, {}), self.environ, self.base, cast(type, factory))
 
 
 def _type_name(t: type) -> str:
@@ -350,8 +386,19 @@ def _finish(s: _Section, value: T) -> T:
     return value
 
 
-def _port(s: _Section, k: str, default: int) -> int:
-    return s.integer(k, default, minimum=0, maximum=65535)
+def _choice(s: _Section, k: str, options: Any) -> Any:
+    """A string key that must be one of the ``Literal`` type ``options`` (its values, written
+    once, in the type)."""
+    allowed = get_args(options)
+    v = s.get(k, str)
+    if v not in allowed:
+        names = " or ".join(repr(a) for a in allowed)
+        raise ConfigError(f"{s.key(k)}: must be {names}, got {v!r}")
+    return v
+
+
+def _port(s: _Section, k: str) -> int:
+    return s.integer(k, minimum=0, maximum=65535)
 
 
 def _server(s: _Section) -> ServerSettings:
@@ -361,19 +408,19 @@ def _server(s: _Section) -> ServerSettings:
             proxies.append(ipaddress.ip_network(item, strict=False))
         except ValueError as e:
             raise ConfigError(f"server.trusted_proxies: {item!r} is not an IP address or network") from e
-    workers = s.integer("workers", 1, minimum=1, maximum=256)
+    workers = s.integer("workers", minimum=1, maximum=256)
     return _finish(s, ServerSettings(
-        host=s.get("host", str, "127.0.0.1"),
-        port=_port(s, "port", 8080),
+        host=s.get("host", str),
+        port=_port(s, "port"),
         workers=workers,
         trusted_proxies=tuple(proxies),
-        shutdown_timeout_seconds=s.number("shutdown_timeout_seconds", 10.0, minimum=0, maximum=600),
-        access_log=s.get("access_log", bool, False),
-        max_concurrent_checks=s.integer("max_concurrent_checks", 1000, minimum=0, maximum=1_000_000),
-        api_rate_limit_per_minute=s.integer("api_rate_limit_per_minute", 120, minimum=0, maximum=1_000_000),
-        header_timeout_seconds=s.number("header_timeout_seconds", 10.0, minimum=0.1, maximum=600),
-        keepalive_timeout_seconds=s.number("keepalive_timeout_seconds", 75.0, minimum=0.1, maximum=3600),
-        max_connections=s.integer("max_connections", 10_000, minimum=1, maximum=1_000_000),
+        shutdown_timeout_seconds=s.number("shutdown_timeout_seconds", minimum=0, maximum=600),
+        access_log=s.get("access_log", bool),
+        max_concurrent_checks=s.integer("max_concurrent_checks", minimum=0, maximum=1_000_000),
+        api_rate_limit_per_minute=s.integer("api_rate_limit_per_minute", minimum=0, maximum=1_000_000),
+        header_timeout_seconds=s.number("header_timeout_seconds", minimum=0.1, maximum=600),
+        keepalive_timeout_seconds=s.number("keepalive_timeout_seconds", minimum=0.1, maximum=3600),
+        max_connections=s.integer("max_connections", minimum=1, maximum=1_000_000),
         allowed_origins=_origins(s),
     ))
 
@@ -400,8 +447,8 @@ def _origins(s: _Section) -> frozenset[str]:
     return frozenset(out)
 
 
-def _claim_name(s: _Section, k: str, default: str) -> str:
-    v = s.get(k, str, default)
+def _claim_name(s: _Section, k: str) -> str:
+    v = s.get(k, str)
     if not v:
         raise ConfigError(f"{s.key(k)}: must not be empty")
     return v
@@ -470,19 +517,19 @@ def _jwt(s: _Section) -> JwtSettings:
         secret=secret,
         public_keys=public_keys,
         jwks_url=jwks_url,
-        jwks_cache_seconds=s.number("jwks_cache_seconds", 300.0, minimum=1, maximum=86400),
-        jwks_refresh_cooldown_seconds=s.number("jwks_refresh_cooldown_seconds", 30.0, minimum=0, maximum=3600),
+        jwks_cache_seconds=s.number("jwks_cache_seconds", minimum=1, maximum=86400),
+        jwks_refresh_cooldown_seconds=s.number("jwks_refresh_cooldown_seconds", minimum=0, maximum=3600),
         issuer=s.optional_str("issuer"),
         audience=s.str_list("audience"),
-        leeway_seconds=s.number("leeway_seconds", 10.0, minimum=0, maximum=300),
-        user_claim=_claim_name(s, "user_claim", "sub"),
-        session_claim=_claim_name(s, "session_claim", "sid"),
+        leeway_seconds=s.number("leeway_seconds", minimum=0, maximum=300),
+        user_claim=_claim_name(s, "user_claim"),
+        session_claim=_claim_name(s, "session_claim"),
         token_type_claim=token_type_claim,
         access_token_type=access_token_type,
         token_lifetime_seconds=_optional_seconds(s, "token_lifetime_seconds", maximum=86400 * 3650),
         claim_headers=headers,
-        max_token_bytes=s.integer("max_token_bytes", 8192, minimum=256, maximum=65536),
-        verified_cache_size=s.integer("verified_cache_size", 100_000, minimum=0, maximum=10_000_000),
+        max_token_bytes=s.integer("max_token_bytes", minimum=256, maximum=65536),
+        verified_cache_size=s.integer("verified_cache_size", minimum=0, maximum=10_000_000),
         cookie_name=_cookie_name(s),
     ))
 
@@ -557,7 +604,7 @@ def _capture(raw: Any, environ: Mapping[str, str], base: Path) -> tuple[CaptureR
         name = f"capture[{i}]"
         if not isinstance(item, Mapping):
             raise ConfigError(f"{name}: must be a table")
-        s = _Section(name, item, environ, base)
+        s = _Section(name, item, environ, base, CaptureRoute)
         for required in ("path", "event", "upstream"):
             if required not in item:
                 raise ConfigError(f"{name}.{required}: required")
@@ -597,8 +644,8 @@ def _capture(raw: Any, environ: Mapping[str, str], base: Path) -> tuple[CaptureR
             upstream=upstream,
             access_token=places["access_token"],
             refresh_token=places["refresh_token"],
-            timeout_seconds=s.number("timeout_seconds", 10.0, minimum=0.1, maximum=300),
-            max_body_bytes=s.integer("max_body_bytes", 1024 * 1024, minimum=1024, maximum=64 * 1024 * 1024),
+            timeout_seconds=s.number("timeout_seconds", minimum=0.1, maximum=300),
+            max_body_bytes=s.integer("max_body_bytes", minimum=1024, maximum=64 * 1024 * 1024),
         )
         s.finish()
         out.append(route)
@@ -634,20 +681,18 @@ def _check_public_keys(keys: tuple[bytes, ...], names: tuple[str, ...], algorith
 
 
 def _sessions(s: _Section) -> SessionSettings:
-    catchup = s.number("catchup_interval_seconds", 1.0, minimum=0.05, maximum=60)
-    staleness = s.number("max_staleness_seconds", 10.0, minimum=0.1, maximum=3600)
+    catchup = s.number("catchup_interval_seconds", minimum=0.05, maximum=60)
+    staleness = s.number("max_staleness_seconds", minimum=0.1, maximum=3600)
     if staleness <= catchup:
         raise ConfigError(
             "sessions.max_staleness_seconds: must be longer than catchup_interval_seconds "
             f"({staleness:g} <= {catchup:g})"
         )
-    registration = s.get("registration", str, "auto")
-    if registration not in ("auto", "explicit"):
-        raise ConfigError(f"sessions.registration: must be 'auto' or 'explicit', got {registration!r}")
+    registration = _choice(s, "registration", Registration)
     return _finish(s, SessionSettings(
-        registration=cast(Registration, registration),
-        last_seen_flush_seconds=s.number("last_seen_flush_seconds", 5.0, minimum=0.05, maximum=3600),
-        state_cache_size=s.integer("state_cache_size", 1_000_000, minimum=1000, maximum=100_000_000),
+        registration=registration,
+        last_seen_flush_seconds=s.number("last_seen_flush_seconds", minimum=0.05, maximum=3600),
+        state_cache_size=s.integer("state_cache_size", minimum=1000, maximum=100_000_000),
         catchup_interval_seconds=catchup,
         max_staleness_seconds=staleness,
     ))
@@ -660,7 +705,7 @@ def _storage(s: _Section) -> StorageSettings:
     if url is None:
         if "url" in s.data:
             raise ConfigError("storage.url: must not be empty")
-        url = "sqlite:///sidecar.db"
+        url = s.default("url")
     if url.startswith("sqlite:///"):
         path = url[len("sqlite:///") :]
         if not path or path == ":memory:":
@@ -685,19 +730,19 @@ def _storage(s: _Section) -> StorageSettings:
             "storage.url: must start with sqlite:/// (e.g. sqlite:///sidecar.db) "
             "or postgresql:// (e.g. postgresql://sidecar@db.internal/sidecar)"
         )
-    pool_min_size = s.integer("pool_min_size", 1, minimum=0, maximum=1000)
-    pool_max_size = s.integer("pool_max_size", 10, minimum=1, maximum=1000)
+    pool_min_size = s.integer("pool_min_size", minimum=0, maximum=1000)
+    pool_max_size = s.integer("pool_max_size", minimum=1, maximum=1000)
     if pool_min_size > pool_max_size:
         raise ConfigError(
             f"storage.pool_min_size: must not exceed storage.pool_max_size ({pool_max_size}), got {pool_min_size}"
         )
     return _finish(s, StorageSettings(
         url=url,
-        busy_timeout_ms=s.integer("busy_timeout_ms", 5000, minimum=0, maximum=600_000),
+        busy_timeout_ms=s.integer("busy_timeout_ms", minimum=0, maximum=600_000),
         pool_min_size=pool_min_size,
         pool_max_size=pool_max_size,
-        statement_timeout_ms=s.integer("statement_timeout_ms", 5000, minimum=10, maximum=600_000),
-        connect_timeout_seconds=s.number("connect_timeout_seconds", 5.0, minimum=0.1, maximum=600),
+        statement_timeout_ms=s.integer("statement_timeout_ms", minimum=10, maximum=600_000),
+        connect_timeout_seconds=s.number("connect_timeout_seconds", minimum=0.1, maximum=600),
     ))
 
 
@@ -705,7 +750,7 @@ def _redis(s: _Section) -> RedisSettings:
     url = s.optional_str("url")
     if url is not None and not url.startswith(("redis://", "rediss://", "unix://")):
         raise ConfigError("redis.url: must start with redis://, rediss:// or unix://")
-    channel = s.get("channel", str, "sidecar:revocations")
+    channel = s.get("channel", str)
     if not channel or len(channel) > 200 or not channel.isascii() or not channel.isprintable():
         raise ConfigError("redis.channel: must be printable ASCII, 1-200 characters")
     return _finish(s, RedisSettings(url=url, channel=channel))
@@ -715,18 +760,16 @@ def _celery(s: _Section) -> CelerySettings:
     broker = s.optional_str("broker_url")
     if broker is not None and not broker.startswith(("redis://", "rediss://", "redis+socket://")):
         raise ConfigError("celery.broker_url: must start with redis://, rediss:// or redis+socket://")
-    queue = s.get("queue", str, "sidecar")
+    queue = s.get("queue", str)
     if not queue or len(queue) > 200 or not all(c.isascii() and (c.isalnum() or c in "._:-") for c in queue):
         raise ConfigError(f"celery.queue: use 1-200 of A-Z a-z 0-9 . _ : - (got {queue!r})")
     return _finish(s, CelerySettings(
         broker_url=broker,
         queue=queue,
-        cleanup_interval_seconds=s.number("cleanup_interval_seconds", 300.0, minimum=1, maximum=86400 * 7),
-        cleanup_grace_seconds=s.number("cleanup_grace_seconds", 3600.0, minimum=0, maximum=86400 * 365),
-        cleanup_batch_size=s.integer("cleanup_batch_size", 1000, minimum=1, maximum=100_000),
-        max_token_lifetime_seconds=s.number(
-            "max_token_lifetime_seconds", 30 * 86400.0, minimum=1, maximum=86400 * 3650
-        ),
+        cleanup_interval_seconds=s.number("cleanup_interval_seconds", minimum=1, maximum=86400 * 7),
+        cleanup_grace_seconds=s.number("cleanup_grace_seconds", minimum=0, maximum=86400 * 365),
+        cleanup_batch_size=s.integer("cleanup_batch_size", minimum=1, maximum=100_000),
+        max_token_lifetime_seconds=s.number("max_token_lifetime_seconds", minimum=1, maximum=86400 * 3650),
     ))
 
 
@@ -758,17 +801,14 @@ def _admin(s: _Section) -> AdminSettings:
         if not k.isascii() or not k.isprintable() or " " in k:
             raise ConfigError("admin.api_keys: keys must be printable ASCII without spaces")
     return _finish(s, AdminSettings(
-        host=s.get("host", str, "127.0.0.1"),
-        port=_port(s, "port", 8081),
+        host=s.get("host", str),
+        port=_port(s, "port"),
         api_keys=keys,
     ))
 
 
 def _logging(s: _Section) -> LoggingSettings:
-    level = s.get("level", str, "INFO").upper()
-    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+    level = s.get("level", str).upper()
+    if level not in get_args(LogLevel):
         raise ConfigError(f"logging.level: must be DEBUG, INFO, WARNING or ERROR, got {level!r}")
-    fmt = s.get("format", str, "text")
-    if fmt not in ("text", "json"):
-        raise ConfigError(f"logging.format: must be 'text' or 'json', got {fmt!r}")
-    return _finish(s, LoggingSettings(level=cast(Any, level), format=cast(Any, fmt)))
+    return _finish(s, LoggingSettings(level=cast(LogLevel, level), format=_choice(s, "format", LogFormat)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +10,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from sidecar.config import Settings, from_mapping, load
+from sidecar.config import JwtSettings, Settings, from_mapping, load
 from sidecar.errors import ConfigError
 from tests.conftest import REPO, SECRET
 
@@ -181,3 +182,31 @@ def test_sqlite_urls_follow_sqlalchemy(tmp_path: Path) -> None:
     """sqlite:///rel.db is relative to the working directory; sqlite:////abs.db is absolute."""
     assert build(tmp_path, {"storage": {"url": "sqlite:///data/s.db"}}).storage.sqlite_path == Path("data/s.db")
     assert build(tmp_path, {"storage": {"url": "sqlite:////var/s.db"}}).storage.sqlite_path == Path("/var/s.db")
+
+
+def test_defaults_are_the_settings_classes_own() -> None:
+    """A config that sets nothing but the required keys gets each section's dataclass defaults."""
+    from sidecar.config import (
+        AdminSettings,
+        CelerySettings,
+        GeoipSettings,
+        LoggingSettings,
+        RedisSettings,
+        ServerSettings,
+        SessionSettings,
+        StorageSettings,
+    )
+
+    s = from_mapping({"jwt": {"algorithms": ["HS256"], "secret": "x" * 40}}, environ={}, base_dir=Path("."))
+    assert s.server == ServerSettings()
+    assert s.sessions == SessionSettings()
+    assert s.storage == StorageSettings()
+    assert s.redis == RedisSettings()
+    assert s.celery == CelerySettings()
+    assert s.geoip == GeoipSettings()
+    assert s.admin == AdminSettings()
+    assert s.logging == LoggingSettings()
+    jwt_defaults = {f.name: getattr(s.jwt, f.name) for f in dataclasses.fields(s.jwt)}
+    for name in ("leeway_seconds", "user_claim", "session_claim", "max_token_bytes", "verified_cache_size",
+                 "jwks_cache_seconds", "jwks_refresh_cooldown_seconds", "token_lifetime_seconds"):
+        assert jwt_defaults[name] == getattr(JwtSettings(), name), name
