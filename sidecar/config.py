@@ -194,7 +194,9 @@ def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None)
         raise ConfigError(f"{p}: no such config file") from e
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{p}: cannot read config file: {e}") from e
-    except tomllib.TOMLDecodeError as e:
+    except (ValueError, RecursionError) as e:
+        # TOMLDecodeError, and what tomllib lets escape: an integer over Python's 4300
+        # digit limit (ValueError), arrays nested deeper than the stack (RecursionError).
         raise ConfigError(f"{p}: not valid TOML: {e}") from e
     return from_mapping(raw, environ=os.environ if environ is None else environ, base_dir=p.parent)
 
@@ -295,7 +297,10 @@ class _Section:
             ok = False
         if float in types and isinstance(v, int) and not isinstance(v, bool):
             ok = True
-            v = float(v)
+            try:
+                v = float(v)
+            except OverflowError as e:  # TOML integers have no bound in tomllib: 1 and 400 zeros
+                raise ConfigError(f"{self.key(k)}: number out of range") from e
         if not ok:
             names = " or ".join(_type_name(t) for t in types)
             raise ConfigError(f"{self.key(k)}: must be {names}, got {_type_name(type(v))}")
@@ -325,16 +330,19 @@ class _Section:
                 raise ConfigError(f"{self.key(k)}[{i}]: must be a string")
         return tuple(items)
 
-    def path(self, p: str) -> Path:
-        candidate = Path(p).expanduser()
+    def path(self, k: str, p: str) -> Path:
+        try:
+            candidate = Path(p).expanduser()
+        except (RuntimeError, ValueError) as e:  # "~nosuchuser/x", or a NUL in the name
+            raise ConfigError(f"{self.key(k)}: cannot use {p!r} as a path: {e}") from e
         return candidate if candidate.is_absolute() else self.base / candidate
 
     def read_file(self, k: str, p: str) -> bytes:
-        path = self.path(p)
+        path = self.path(k, p)
         try:
             return path.read_bytes()
-        except OSError as e:
-            raise ConfigError(f"{self.key(k)}: cannot read {path}: {e.strerror or e}") from e
+        except (OSError, ValueError) as e:  # ValueError: a NUL in the name
+            raise ConfigError(f"{self.key(k)}: cannot read {path}: {getattr(e, 'strerror', None) or e}") from e
 
     def secret(self, k: str) -> str | None:
         """A secret given as ``k``, ``k_env`` (environment variable name) or ``k_file``."""
@@ -469,7 +477,10 @@ def _jwt(s: _Section) -> JwtSettings:
     asymmetric = [a for a in algorithms if a not in HMAC_ALGORITHMS]
 
     secret_text = s.secret("secret")
-    secret = secret_text.encode("utf-8") if secret_text is not None else None
+    try:
+        secret = secret_text.encode("utf-8") if secret_text is not None else None
+    except UnicodeEncodeError as e:  # a lone surrogate: os.environ's spelling of bytes that are not UTF-8
+        raise ConfigError("jwt.secret: is not UTF-8 text") from e
     if hmac and secret is None:
         raise ConfigError(f"jwt.secret: {hmac[0]} needs a secret (secret, secret_env or secret_file)")
     if secret is not None and not hmac:
@@ -777,12 +788,12 @@ def _geoip(s: _Section) -> GeoipSettings:
     db = s.optional_str("database")
     path = None
     if db is not None:
-        path = s.path(db)
+        path = s.path("database", db)
         try:
             with path.open("rb"):
                 pass
-        except OSError as e:
-            raise ConfigError(f"geoip.database: cannot read {path}: {e.strerror or e}") from e
+        except (OSError, ValueError) as e:  # ValueError: a NUL in the name
+            raise ConfigError(f"geoip.database: cannot read {path}: {getattr(e, 'strerror', None) or e}") from e
     return _finish(s, GeoipSettings(database=path))
 
 

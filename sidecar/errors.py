@@ -15,6 +15,15 @@ class SidecarError(Exception):
 class ConfigError(SidecarError):
     """The configuration cannot be used; the message names the key."""
 
+    def __init__(self, message: str) -> None:
+        # One line, whatever a key name or a path in it holds ("a\nb" is a valid TOML
+        # key): line breaks are shown escaped, as \n, \x0c, \u2028.
+        super().__init__("".join(_escaped(ch) if len(f"{ch}x".splitlines()) > 1 else ch for ch in message))
+
+
+def _escaped(ch: str) -> str:
+    return ch.encode("unicode_escape").decode("ascii")
+
 
 class InvalidToken(SidecarError):
     """A token was refused. ``reason`` is a short machine code for logs and metrics.

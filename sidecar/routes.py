@@ -87,9 +87,10 @@ def normalise_path(raw: str) -> str | None:
         return None
     try:
         path = unquote_to_bytes(target).decode("utf-8")
-    except UnicodeDecodeError:
+    except UnicodeError:  # invalid UTF-8 once decoded, or lone surrogates (aiohttp: undecodable header bytes)
         return None
-    if "%" in path or "\\" in path or any(ord(c) < 0x20 or ord(c) == 0x7F for c in path):
+    # Control characters: C0, DEL and C1 (U+0085, "%C2%85", is a line break to some readers).
+    if "%" in path or "\\" in path or any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in path):
         return None
     out: list[str] = []
     for segment in path.split("/"):
@@ -178,8 +179,11 @@ class RouteTable:
             folded = reading.lower()
             for policy in (
                 self._first(self.routes, method, reading),
-                # The same test again only where case could matter.
+                # The same test again only where case could matter, folding through upper case
+                # too: the dotless i (U+0131) upper-cases to "I", so an app comparing
+                # case-insensitively (Java's equalsIgnoreCase) reads "/adm\u0131n" as "/admin".
                 self._first(self._folded, method, folded) if folded != reading or self._cased else "public",
+                self._first(self._folded, method, upper) if (upper := reading.upper().lower()) != folded else "public",
             ):
                 if _RANK[policy] > _RANK[worst]:
                     worst = policy

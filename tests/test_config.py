@@ -210,3 +210,56 @@ def test_defaults_are_the_settings_classes_own() -> None:
     for name in ("leeway_seconds", "user_claim", "session_claim", "max_token_bytes", "verified_cache_size",
                  "jwks_cache_seconds", "jwks_refresh_cooldown_seconds", "token_lifetime_seconds"):
         assert jwt_defaults[name] == getattr(JwtSettings(), name), name
+
+
+# Found by tests/fuzz (config): each of these raised something other than ConfigError, or
+# gave a message of more than one line.
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ({"server": {"a\nb": 1}}, "server.a\\nb: unknown key"),  # "a\nb" = 1 is valid TOML
+        ({"\x0cx": {}}, "\\x0cx: unknown section"),
+        ({"jwt": {"claim_headers": {"r\u2028": "X-Auth"}}}, "jwt.claim_headers.r\\u2028:"),
+    ],
+)
+def test_config_error_is_one_line_whatever_a_key_holds(tmp_path: Path, raw: dict[str, Any], expected: str) -> None:
+    """A key name with a line break in it is shown escaped: the message stays one line."""
+    message = error_of(tmp_path, raw)
+    assert expected in message
+    assert len(message.splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ({"server": {"shutdown_timeout_seconds": 10**400}}, "server.shutdown_timeout_seconds: number out of range"),
+        ({"geoip": {"database": "a\x00b"}}, "geoip.database: cannot read"),
+        ({"geoip": {"database": "~no-such-user-sidecar/city.mmdb"}}, "geoip.database: cannot use"),
+        ({"jwt": {"algorithms": ["HS256", "ES256"], "public_key_file": "k\x00.pem"}}, "jwt.public_key_file: cannot read"),
+        ({"jwt": {"secret": "", "secret_file": "~no-such-user-sidecar/secret"}}, "jwt.secret_file: cannot use"),
+    ],
+)
+def test_odd_numbers_and_paths_are_config_errors(tmp_path: Path, raw: dict[str, Any], expected: str) -> None:
+    """An integer beyond any float, a NUL in a path or an unknown ~user is a ConfigError naming the key."""
+    assert expected in error_of(tmp_path, raw)
+
+
+def test_secret_from_an_environment_variable_that_is_not_utf8(tmp_path: Path) -> None:
+    """A secret whose environment bytes are not UTF-8 (os.environ gives lone surrogates) is a ConfigError."""
+    message = error_of(tmp_path, {"jwt": {"secret": "", "secret_env": "S"}}, environ={"S": "s" * 40 + "\udcff"})
+    assert message == "jwt.secret: is not UTF-8 text"
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["[server]\nport = " + "9" * 5000 + "\n", "[server]\nhost = " + "[" * 5000 + "]" * 5000 + "\n"],
+    ids=["integer-beyond-4300-digits", "arrays-nested-past-the-stack"],
+)
+def test_toml_that_tomllib_cannot_hold_is_a_config_error(tmp_path: Path, text: str) -> None:
+    """What tomllib raises besides TOMLDecodeError (ValueError, RecursionError) is 'not valid TOML' too."""
+    path = tmp_path / "sidecar.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load(path, environ={})

@@ -80,6 +80,9 @@ def test_normalise_path_reads_the_path_as_an_app_would(raw: str, expected: str) 
         "/a%0ab",
         "/a\x7fb",
         "/a%ffb",  # not UTF-8
+        "/a%C2%85b",  # a C1 control (NEL), a line break to some readers (found by tests/fuzz: routes)
+        "/a\x85b",
+        "/a\udcffb",  # an undecodable header byte as aiohttp spells it (tests/fuzz: routes; it raised)
         "/" + "a" * 5000,
     ],
 )
@@ -146,6 +149,9 @@ def test_policy_of_an_app_with_public_routes(method: str, raw: str, expected: st
         ("/shop/.;/admin", "public"),  # and .; is ., which leaves /shop/admin
         ("/admin%00", "required"),
         ("/admin%20", "public"),  # "/admin " is another path; no app trims it to /admin
+        ("/adm\u0131n", "required"),  # dotless i upper-cases to I: equalsIgnoreCase reads /admin (tests/fuzz: routes)
+        ("/adm%C4%B1n/users", "required"),
+        ("/a\udcff", "required"),  # undecodable bytes in X-Original-URI: required, not an exception
     ],
 )
 def test_a_protected_prefix_inside_a_public_site_stays_protected(raw: str, expected: str) -> None:

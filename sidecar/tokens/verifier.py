@@ -92,7 +92,9 @@ class TokenVerifier:
         hash and one lookup; anything else (a new token, two headers, odd spacing) is read in
         full by ``extract_bearer``, which gives the same token wherever the shortcut applies.
         """
-        if len(authorization) == 1 and authorization[0].startswith("Bearer "):
+        # "=." is padding inside the token: the verifier accepts it (the admin API and capture
+        # verify tokens directly), extract_bearer does not (RFC 6750: "=" only at the end).
+        if len(authorization) == 1 and authorization[0].startswith("Bearer ") and "=." not in authorization[0]:
             claims = self.cached(authorization[0][7:])
             if claims is not None:
                 return claims

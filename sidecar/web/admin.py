@@ -84,7 +84,11 @@ def _user_id(request: web.Request) -> str:
 async def _json_body(request: web.Request) -> dict[str, Any]:
     if request.content_length is not None and request.content_length > MAX_BODY:
         raise ApiError(413, "Request body too large")
-    raw = await request.content.read(MAX_BODY + 1)
+    return json_object_body(await request.content.read(MAX_BODY + 1))
+
+
+def json_object_body(raw: bytes) -> dict[str, Any]:
+    """The JSON object ``raw`` holds, or ``ApiError`` 413 (over ``MAX_BODY``) or 400 (anything else)."""
     if len(raw) > MAX_BODY:
         raise ApiError(413, "Request body too large")
     try:

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
+from pathlib import Path
+
 import pytest
 
+from sidecar.clock import ManualClock
 from sidecar.errors import InvalidToken
-from sidecar.tokens import extract_bearer
+from sidecar.tokens import TokenVerifier, extract_bearer
+from tests.conftest import SECRET, settings_for
+from tests.tokens.keys import b64url
 
 TOKEN = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJl"
 MAX = 8192
@@ -80,3 +88,18 @@ def test_token_at_the_size_limit_is_read() -> None:
     """A token of exactly max_bytes is handed on; the size rule is the verifier's to apply."""
     token = "a" * MAX
     assert extract_bearer([f"Bearer {token}"], MAX) == token
+
+
+async def test_cached_shortcut_reads_the_header_as_extract_bearer_does(tmp_path: Path) -> None:
+    """A token with "=" inside, verified before (admin API, capture), is refused in a header as extract_bearer refuses it."""
+    head = b64url(b'{"alg":"HS256"}') + "="  # padded, then signed: it verifies
+    body = b64url(json.dumps({"sub": "alice", "sid": "s-1", "exp": 2_000_000_000}).encode())
+    signature = hmac.new(SECRET.encode(), f"{head}.{body}".encode(), hashlib.sha256).digest()
+    token = f"{head}.{body}.{b64url(signature)}"
+    settings = settings_for(tmp_path)
+    verifier = TokenVerifier(settings.jwt, ManualClock(wall=1_700_000_000.0))
+    assert (await verifier.verify(token)).session_key == "sid:s-1"
+    with pytest.raises(InvalidToken, match="not_bearer"):
+        extract_bearer([f"Bearer {token}"], MAX)
+    with pytest.raises(InvalidToken, match="not_bearer"):  # found by tests/fuzz (bearer): it was let through
+        await verifier.verify_bearer([f"Bearer {token}"])
