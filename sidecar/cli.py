@@ -77,6 +77,17 @@ def summary(settings: Settings, path: str) -> list[str]:
             lines.append(f"              {r.policy:<9} {methods:<12} {r.pattern}")
     else:
         lines.append("  routes      none: every request needs a valid token of an active session")
+    if j.cookie_name is not None:
+        origins = ", ".join(s.server.allowed_origins) or "none (only Sec-Fetch-Site: same-origin)"
+        lines.append(
+            f"  cookie      tokens also from the {j.cookie_name!r} cookie; sessions API DELETEs with it "
+            f"need a same-origin request (allowed origins: {origins})"
+        )
+    if s.capture:
+        lines.append("  capture     the auth service's token endpoints, forwarded and learned from")
+        for c in s.capture:
+            places = f"access {c.access_token or '-'}, refresh {c.refresh_token or '-'}"
+            lines.append(f"              {c.event:<8} {c.path} -> {c.upstream} ({places})")
     lines.append(f"  storage     {s.storage.display_url}")
     admin = f"http://{s.admin.host}:{s.admin.port}" if s.admin.enabled else "disabled"
     lines.append(f"  admin       {admin}")

@@ -193,6 +193,18 @@ def test_check_config_says_what_the_token_shape_costs(tmp_path: Path) -> None:
     assert "iat, else exp - 1800 s" in out
     assert "public    *            /api/v1/auth/*" in out
     assert "optional  GET,HEAD     /api/v1/posts" in out
+    assert "  cookie" not in out and "  capture" not in out
+    cookies = tmp_path / "cookies.toml"
+    cookies.write_text(
+        f'[server]\nallowed_origins = ["https://app.example.com"]\n'
+        f'[jwt]\nalgorithms = ["HS256"]\nsecret = "{SECRET}"\ncookie_name = "access_token"\n'
+        '[[capture]]\npath = "/auth/login"\nevent = "login"\nupstream = "http://127.0.0.1:8001"\n'
+        'access_token = "body:access_token"\nrefresh_token = "cookie:refresh_token"\n'
+    )
+    out = sidecar("check-config", "--config", str(cookies)).stdout
+    assert "tokens also from the 'access_token' cookie" in out
+    assert "allowed origins: https://app.example.com" in out
+    assert "login    /auth/login -> http://127.0.0.1:8001 (access body:access_token, refresh cookie:refresh_token)" in out
 
 def test_check_config_warns_when_no_proxy_is_trusted(tmp_path: Path) -> None:
     """check-config warns that the API rate limit is one shared bucket when server.trusted_proxies is empty."""
