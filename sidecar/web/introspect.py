@@ -52,9 +52,7 @@ def _context(request: web.BaseRequest) -> str:
 
 _ANONYMOUS_HEADERS = {"Cache-Control": "no-store"}
 CHECK_PREFIX = "/introspect"
-# How gateways describe the original request (nginx; Caddy and Traefik).
-_METHOD_HEADERS = ("X-Original-Method", "X-Forwarded-Method")
-_URI_HEADERS = ("X-Original-URI", "X-Forwarded-Uri")
+_CHECK_TAIL = CHECK_PREFIX + "/"
 
 
 def original_request(request: web.BaseRequest) -> tuple[list[str], list[str]]:
@@ -67,14 +65,20 @@ def original_request(request: web.BaseRequest) -> tuple[list[str], list[str]]:
     make the answer stricter; the check request's own method counts only when no header
     names one (nginx's subrequest is always a GET).
     """
-    headers = request.headers
-    methods = [v for name in _METHOD_HEADERS for v in headers.getall(name, ())]
+    getall = request.headers.getall
+    methods: list[str] = getall("X-Original-Method", [])
+    forwarded = getall("X-Forwarded-Method", ())
+    if forwarded:
+        methods = [*methods, *forwarded]
     if not methods:
         methods = [request.method]
-    paths = [v for name in _URI_HEADERS for v in headers.getall(name, ())]
+    paths: list[str] = getall("X-Original-URI", [])
+    forwarded = getall("X-Forwarded-Uri", ())
+    if forwarded:
+        paths = [*paths, *forwarded]
     raw = request.raw_path
-    if raw.startswith(CHECK_PREFIX + "/"):
-        paths.append(raw[len(CHECK_PREFIX) :])
+    if raw.startswith(_CHECK_TAIL):
+        paths = [*paths, raw[len(CHECK_PREFIX) :]]
     return methods, paths
 
 
