@@ -90,7 +90,9 @@ def normalise_path(raw: str) -> str | None:
     except UnicodeError:  # invalid UTF-8 once decoded, or lone surrogates (aiohttp: undecodable header bytes)
         return None
     # Control characters: C0, DEL and C1 (U+0085, "%C2%85", is a line break to some readers).
-    if "%" in path or "\\" in path or any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in path):
+    # A decoded "?" or "#" (%3f, %23) is doubtful too: reading such a path again (as the
+    # ;params and trailing-dot readings do) would cut it there as if a query began.
+    if any(c in path for c in "%\\?#") or any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in path):
         return None
     out: list[str] = []
     for segment in path.split("/"):

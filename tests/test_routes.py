@@ -83,6 +83,8 @@ def test_normalise_path_reads_the_path_as_an_app_would(raw: str, expected: str) 
         "/a%C2%85b",  # a C1 control (NEL), a line break to some readers (found by tests/fuzz: routes)
         "/a\x85b",
         "/a\udcffb",  # an undecodable header byte as aiohttp spells it (tests/fuzz: routes; it raised)
+        "/a%3fb",  # a decoded ? or # would be cut as a query by a second reading (tests/fuzz: routes)
+        "/a%23b",
         "/" + "a" * 5000,
     ],
 )
@@ -152,6 +154,8 @@ def test_policy_of_an_app_with_public_routes(method: str, raw: str, expected: st
         ("/adm\u0131n", "required"),  # dotless i upper-cases to I: equalsIgnoreCase reads /admin (tests/fuzz: routes)
         ("/adm%C4%B1n/users", "required"),
         ("/a\udcff", "required"),  # undecodable bytes in X-Original-URI: required, not an exception
+        ("/shop%3f/..;x/admin", "required"),  # Tomcat: ;x dropped, %3f decoded, .. resolved: /admin (tests/fuzz: routes)
+        ("/shop%23/..;x/admin", "required"),
     ],
 )
 def test_a_protected_prefix_inside_a_public_site_stays_protected(raw: str, expected: str) -> None:

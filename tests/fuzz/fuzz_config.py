@@ -107,13 +107,19 @@ def mapping(fdp: atheris.FuzzedDataProvider) -> dict[str, Any]:
 
 
 def strings(value: Any) -> list[str]:
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, dict):
-        return [s for k, v in value.items() for s in (*strings(k), *strings(v))]
-    if isinstance(value, list):
-        return [s for v in value for s in strings(v)]
-    return []
+    """Every string in a document, keys too (without recursion: TOML nests as deep as it likes)."""
+    found: list[str] = []
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            found.append(item)
+        elif isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return found
 
 
 def test_one_input(data: bytes) -> None:
