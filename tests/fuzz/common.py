@@ -26,7 +26,7 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
     try:
         coro.send(None)
     except StopIteration as done:
-        return done.value  # type: ignore[no-any-return]
+        return done.value
     coro.close()
     raise AssertionError("the coroutine suspended: it was expected to need no I/O")
 

@@ -147,7 +147,7 @@ def any_value(fdp: atheris.FuzzedDataProvider, depth: int = 0) -> bytes:
     if kind == 0:
         return literal(fdp, fdp.PickValueInList(ODD_VALUES))
     if kind == 1:
-        return fdp.PickValueInList(ODD_LITERALS)  # type: ignore[no-any-return]
+        return fdp.PickValueInList(ODD_LITERALS)
     if kind == 2:
         return literal(fdp, fdp.ConsumeUnicode(fdp.ConsumeIntInRange(0, 12)))
     if kind == 3:
