@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
+import subprocess
 import sys
 import threading
 import uuid
@@ -21,9 +23,13 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
+from aiohttp import web
+from pytest_aiohttp import AiohttpClient
 
 from sidecar.client import SidecarAdmin, SidecarUnavailable, TokenRejected
 from sidecar.client._check import Identity, PublicPaths, check_headers, interpret, target_of
+from sidecar.client.aiohttp_middleware import SIDECAR_IDENTITY, setup_sidecar
+from sidecar.client.asgi import Message, Receive, Scope, Send, SidecarAuthMiddleware
 from tests.conftest import ADMIN_KEY, CHROME_WINDOWS, REPO, SECRET, bearer, mint
 from tests.gateways.support import blackhole, free_ports, log_says, running
 
@@ -418,3 +424,84 @@ def test_interpret_reads_identity_anonymous_deny_and_everything_else_as_unavaila
         with pytest.raises(SidecarUnavailable):
             interpret(status, headers)
 
+
+
+# ---------------------------------------------------------------------- in-process wiring
+
+
+async def test_the_asgi_middleware_closes_its_connections_at_lifespan_shutdown_and_passes_websockets() -> None:
+    """A websocket scope reaches the app unchecked; lifespan shutdown closes the session to the sidecar."""
+    seen: list[str] = []
+
+    async def inner(scope: Scope, receive: Receive, send: Send) -> None:
+        seen.append(scope["type"])
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+        elif scope["type"] == "http":
+            assert scope["state"]["sidecar"] == Identity("alice", "s-1")
+            await send({"type": "http.response.start", "status": 204, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    lifespan = iter([{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}])
+
+    async def receive_lifespan() -> Message:
+        return next(lifespan)
+
+    with fake_sidecar() as port:
+        middleware = SidecarAuthMiddleware(inner, f"http://127.0.0.1:{port}")
+        http_scope = {"type": "http", "method": "GET", "path": "/control/x", "raw_path": b"/control/x",
+                      "query_string": b"", "headers": [], "client": ("127.0.0.1", 5000)}
+        await middleware(http_scope, receive, send)
+        assert sent[0]["status"] == 204
+        assert middleware.checker.connected
+        await middleware({"type": "websocket", "path": "/ws", "headers": []}, receive, send)
+        await middleware({"type": "lifespan"}, receive_lifespan, send)
+    assert seen == ["http", "websocket", "lifespan"]
+    assert not middleware.checker.connected
+
+
+async def test_setup_sidecar_checks_requests_and_closes_its_connections_at_cleanup(aiohttp_client: AiohttpClient) -> None:
+    """setup_sidecar adds the middleware and a cleanup_ctx entry that closes the session to the sidecar."""
+
+    async def handler(request: web.Request) -> web.Response:
+        identity = request[SIDECAR_IDENTITY]
+        return web.json_response({"user": None if identity is None else identity.user_id})
+
+    with fake_sidecar() as port:
+        app = web.Application()
+        middleware = setup_sidecar(app, f"http://127.0.0.1:{port}")
+        app.router.add_get("/{tail:.*}", handler)
+        client = await aiohttp_client(app)
+        resp = await client.get("/control/x")
+        assert resp.status == 200
+        assert await resp.json() == {"user": "alice"}
+        assert (await client.get("/error/x")).status == 503
+        assert middleware.checker.connected
+        await client.close()
+    assert not middleware.checker.connected
+
+
+def test_the_middlewares_import_nothing_of_the_server() -> None:
+    """Importing both middlewares loads only sidecar.client modules: no config, web, JWT library or Starlette."""
+    code = (
+        "import sys, sidecar.client.asgi, sidecar.client.aiohttp_middleware;"
+        " print('\\n'.join(sorted(sys.modules)))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    ).stdout.split()
+    ours = {m for m in out if m == "sidecar" or m.startswith("sidecar.")}
+    assert all(m == "sidecar" or m.startswith("sidecar.client") for m in ours), ours
+    assert "jwt" not in out
+    assert "starlette" not in out

@@ -46,6 +46,11 @@ class Checker:
             self._loop = loop
         return self._http
 
+    @property
+    def connected(self) -> bool:
+        """Whether a session to the sidecar is open (from the first check until ``aclose``)."""
+        return self._http is not None and not self._http.closed
+
     async def aclose(self) -> None:
         """Close the connections. Idempotent; the next check opens a new session."""
         http, self._http = self._http, None
