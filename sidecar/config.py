@@ -30,7 +30,7 @@ from sidecar.tokens.algorithms import HMAC_ALGORITHMS, SUPPORTED_ALGORITHMS
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 # Identity headers the check always sets; claim_headers may not reuse them.
-RESERVED_HEADERS = frozenset({"x-auth-user", "x-auth-session"})
+RESERVED_HEADERS = frozenset({"x-auth-user", "x-auth-session", "x-auth-anonymous"})
 
 Registration = Literal["auto", "explicit"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]

@@ -467,7 +467,7 @@ def test_client_imports_nothing_of_the_server() -> None:
         env={**os.environ, "PYTHONPATH": str(REPO)},
     ).stdout.split()
     ours = {m for m in out if m == "sidecar" or m.startswith("sidecar.")}
-    assert ours == {"sidecar", "sidecar.client", "sidecar.client._protocol", "sidecar.client.aio",
+    assert ours == {"sidecar", "sidecar.client", "sidecar.client._check", "sidecar.client._protocol", "sidecar.client.aio",
                     "sidecar.client.blocking", "sidecar.client.errors"}
     assert "jwt" not in out
 

@@ -92,6 +92,7 @@ def test_example_config_documents_every_key() -> None:
         ({"jwt": {"leeway_seconds": -1}}, "jwt.leeway_seconds: must be between 0 and 300"),
         ({"jwt": {"claim_headers": {"email": "Email"}}}, "jwt.claim_headers.email: header name must start with X-Auth-"),
         ({"jwt": {"claim_headers": {"sub": "X-Auth-User"}}}, "jwt.claim_headers.sub: X-Auth-User is set by the sidecar"),
+        ({"jwt": {"claim_headers": {"anon": "X-Auth-Anonymous"}}}, "jwt.claim_headers.anon: X-Auth-Anonymous is set by the sidecar"),
         ({"jwt": {"user_claim": ""}}, "jwt.user_claim: must not be empty"),
         ({"sessions": {"registration": "manual"}}, "sessions.registration: must be 'auto' or 'explicit'"),
         ({"sessions": {"registration": "explicit"}}, "sessions.registration: 'explicit' needs admin.api_keys"),

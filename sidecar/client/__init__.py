@@ -15,6 +15,7 @@ Needs only aiohttp and the standard library; it imports nothing of the server.
 
 from __future__ import annotations
 
+from sidecar.client._check import Identity
 from sidecar.client._protocol import Registration, SessionInfo
 from sidecar.client.aio import AsyncSidecarAdmin
 from sidecar.client.blocking import SidecarAdmin
@@ -31,6 +32,7 @@ __all__ = [
     "AdminKeyRefused",
     "AsyncSidecarAdmin",
     "BadRequest",
+    "Identity",
     "Registration",
     "SessionInfo",
     "SessionRevoked",

@@ -50,7 +50,8 @@ class BadRequest(SidecarClientError):
 
 
 class TokenRejected(SidecarClientError):
-    """422: the token given to ``register`` is not valid (signature, expiry, claims, token type)."""
+    """422: the token given to ``register`` is not valid (signature, expiry, claims, token type);
+    401 from the gateway check (the middlewares): no valid token of an active session."""
 
     default_message = "Token is not valid"
 

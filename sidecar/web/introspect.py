@@ -50,7 +50,10 @@ def _context(request: web.BaseRequest) -> str:
     return f"{method!r} {uri!r} from {request.remote!r}"
 
 
-_ANONYMOUS_HEADERS = {"Cache-Control": "no-store"}
+# An anonymous allow says so: a client of the check (sidecar.client's middleware) can tell
+# it from a 200 of something that is not the sidecar, which must never count as an allow.
+_PUBLIC_HEADERS = {"X-Auth-Anonymous": "public", "Cache-Control": "no-store"}
+_OPTIONAL_HEADERS = {"X-Auth-Anonymous": "optional", "Cache-Control": "no-store"}
 CHECK_PREFIX = "/introspect"
 _CHECK_TAIL = CHECK_PREFIX + "/"
 
@@ -134,10 +137,10 @@ class Check:
             if policy != "required":
                 if policy == "public":
                     stats.public += 1
-                    return web.Response(status=200, headers=_ANONYMOUS_HEADERS)
+                    return web.Response(status=200, headers=_PUBLIC_HEADERS)
                 if not has_credentials(request, services.settings):
                     stats.anonymous += 1
-                    return web.Response(status=200, headers=_ANONYMOUS_HEADERS)
+                    return web.Response(status=200, headers=_OPTIONAL_HEADERS)
             try:
                 claims, session_id = await authenticate_with(request, services)
             except InvalidToken as e:

@@ -43,23 +43,26 @@ async def envoy_check(sidecar: Sidecar, method: str, path: str, token: str | Non
 
 
 async def test_a_public_route_answers_200_without_looking_at_credentials(routed: Sidecar) -> None:
-    """Login is public: 200, no identity headers, with no token or a forged one alike."""
+    """Login is public: 200, no identity headers but X-Auth-Anonymous: public, with no token or a forged one alike."""
     for token in (None, FORGED):
         resp = await nginx_check(routed, "POST", "/api/v1/auth/login", token)
         assert resp.status == 200
         assert "X-Auth-User" not in resp.headers
         assert "X-Auth-Session" not in resp.headers
+        assert resp.headers["X-Auth-Anonymous"] == "public"
         assert resp.headers["Cache-Control"] == "no-store"
 
 
 async def test_an_optional_route_is_anonymous_without_credentials_and_checked_with_them(routed: Sidecar) -> None:
-    """Optional: no Authorization -> 200 anonymous; a valid token -> identity; a bad one -> 401."""
+    """Optional: no Authorization -> 200 anonymous (X-Auth-Anonymous: optional); a valid token -> identity; a bad one -> 401."""
     anonymous = await nginx_check(routed, "GET", "/api/v1/posts/7")
     assert anonymous.status == 200
     assert "X-Auth-User" not in anonymous.headers
+    assert anonymous.headers["X-Auth-Anonymous"] == "optional"
     known = await nginx_check(routed, "GET", "/api/v1/posts/7", mint("alice"))
     assert known.status == 200
     assert known.headers["X-Auth-User"] == "alice"
+    assert "X-Auth-Anonymous" not in known.headers
     assert (await nginx_check(routed, "GET", "/api/v1/posts/7", FORGED)).status == 401
     assert (await nginx_check(routed, "GET", "/api/v1/posts/7", mint("alice", ttl=-10))).status == 401
 
