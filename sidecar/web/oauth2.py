@@ -136,7 +136,8 @@ async def revoke(request: web.Request) -> web.Response:
         log.info("oauth2: revocation of an invalid token (%s): nothing to do", e.reason)
         return web.Response(status=200, headers=_NO_STORE)
     try:
-        session = await services.sessions.find(await services.sessions.own_key(claims))
+        # find resolves a key bound to a session (capture routes) to that session.
+        session = await services.sessions.find(claims.session_key)
         if session is None:
             try:
                 session, _ = await services.sessions.register(claims, _NO_CLIENT)
