@@ -19,7 +19,7 @@ import jwt as pyjwt
 
 from sidecar import __version__
 from sidecar.config import Settings, load
-from sidecar.errors import ConfigError, SidecarError, StoreUnavailable
+from sidecar.errors import ConfigError, SidecarError, StoreUnavailableError
 from sidecar.logs import configure as configure_logging
 
 log = logging.getLogger("sidecar")
@@ -117,7 +117,7 @@ async def _cleanup(settings: Settings) -> int:
 def cmd_cleanup(settings: Settings) -> int:
     try:
         deleted = asyncio.run(_cleanup(settings))
-    except StoreUnavailable as e:
+    except StoreUnavailableError as e:
         print(f"sidecar: error: storage: {e}", file=sys.stderr)
         return EXIT_RUNTIME
     print(f"deleted {deleted} expired session(s)")

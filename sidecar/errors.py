@@ -25,7 +25,7 @@ def _escaped(ch: str) -> str:
     return ch.encode("unicode_escape").decode("ascii")
 
 
-class InvalidToken(SidecarError):
+class InvalidTokenError(SidecarError):
     """A token was refused. ``reason`` is a short machine code for logs and metrics.
 
     The reason is never sent to the client: a deny says nothing about why.
@@ -37,16 +37,16 @@ class InvalidToken(SidecarError):
         self.detail = detail
 
 
-class SessionRejected(InvalidToken):
+class SessionRejectedError(InvalidTokenError):
     """The token verified, but its session is not active (revoked, unknown, cut off)."""
 
 
-class StoreUnavailable(SidecarError):
+class StoreUnavailableError(SidecarError):
     """The session store could not answer (down, locked past the timeout, I/O error).
 
     On the check path this denies; on a write path it is a 503, never a success.
     """
 
 
-class KeysUnavailable(SidecarError):
+class KeysUnavailableError(SidecarError):
     """No verification key could be obtained (JWKS endpoint unreachable, bad document)."""

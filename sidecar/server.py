@@ -21,7 +21,7 @@ import time
 from types import FrameType
 
 from sidecar.config import Settings
-from sidecar.errors import StoreUnavailable
+from sidecar.errors import StoreUnavailableError
 
 log = logging.getLogger("sidecar")
 
@@ -97,7 +97,7 @@ def _run_worker(settings: Settings, sockets: dict[str, socket.socket], label: st
         runner = uvloop.run
     try:
         runner(_serve(settings, sockets, label))
-    except StoreUnavailable as e:
+    except StoreUnavailableError as e:
         print(f"sidecar: error: storage: {e}", file=sys.stderr)
         return 1
     return 0

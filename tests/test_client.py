@@ -29,16 +29,16 @@ import jwt
 import pytest
 
 from sidecar.client import (
-    AdminKeyRefused,
+    AdminKeyRefusedError,
     AsyncSidecarAdmin,
-    BadRequest,
+    BadRequestError,
     Registration,
     SessionInfo,
-    SessionRevoked,
+    SessionRevokedError,
     SidecarAdmin,
     SidecarClientError,
-    SidecarUnavailable,
-    TokenRejected,
+    SidecarUnavailableError,
+    TokenRejectedError,
 )
 from sidecar.client._protocol import AdminProtocol
 from tests.conftest import ADMIN_KEY, CHROME_WINDOWS, REPO, SECRET, geoip_db, mint, write_toml
@@ -279,18 +279,18 @@ def test_revoke_user_ends_every_session(served: Served, admin: Admin) -> None:
 
 
 def test_register_after_revoke_is_refused(served: Served, admin: Admin) -> None:
-    """Registering a revoked session, or a token known older than the user's cut-off, raises SessionRevoked (409)."""
+    """Registering a revoked session, or a token known older than the user's cut-off, raises SessionRevokedError (409)."""
     user = new_user()
     token = token_for(served, user)
     assert admin.revoke_session(admin.register(token).session.id)
-    with raises_clean(SessionRevoked, token) as caught:
+    with raises_clean(SessionRevokedError, token) as caught:
         admin.register(token)
     assert caught.value.status == 409
 
     older = token_for(served, user, issued_ago=10)  # issued before the cut-off, never seen
     admin.revoke_user(user)
     if served.kind == "sid":
-        with raises_clean(SessionRevoked, older) as caught:
+        with raises_clean(SessionRevokedError, older) as caught:
             admin.register(older)
     else:
         # No iat and no jwt.token_lifetime_seconds: its age cannot be told, so it is never
@@ -300,7 +300,7 @@ def test_register_after_revoke_is_refused(served: Served, admin: Admin) -> None:
 
 @pytest.mark.parametrize("forge", ["wrong_key", "expired", "garbage"])
 def test_invalid_token_is_rejected_and_not_repeated(served: Served, admin: Admin, forge: str) -> None:
-    """An invalid token raises TokenRejected (422) whose str() and repr() do not contain the token."""
+    """An invalid token raises TokenRejectedError (422) whose str() and repr() do not contain the token."""
     user = new_user()
     if forge == "wrong_key":
         token = jwt.encode({"sub": user, "user_id": user, "exp": int(time.time()) + 60, "type": "access"},
@@ -309,7 +309,7 @@ def test_invalid_token_is_rejected_and_not_repeated(served: Served, admin: Admin
         token = token_for(served, user, issued_ago=7200)
     else:
         token = "not.a.jwt-" + uuid.uuid4().hex
-    with raises_clean(TokenRejected, token) as caught:
+    with raises_clean(TokenRejectedError, token) as caught:
         admin.register(token)
     assert caught.value.status == 422
     assert caught.value.message == "Token is not valid"
@@ -319,12 +319,12 @@ def test_invalid_token_is_rejected_and_not_repeated(served: Served, admin: Admin
 def test_refresh_token_is_rejected(served: Served, admin: Admin) -> None:
     """With a token type configured, a refresh token cannot register a session."""
     token = jwt.encode({"user_id": new_user(), "exp": int(time.time()) + 60, "type": "refresh"}, SECRET, "HS256")
-    with raises_clean(TokenRejected, token):
+    with raises_clean(TokenRejectedError, token):
         admin.register(token)
 
 
 def test_wrong_admin_key_is_refused(served: Served, make_admin: MakeAdmin) -> None:
-    """A key the sidecar does not know raises AdminKeyRefused (401) saying so, without the key or the token."""
+    """A key the sidecar does not know raises AdminKeyRefusedError (401) saying so, without the key or the token."""
     wrong_key = "wrong-admin-key-" + uuid.uuid4().hex
     admin = make_admin(served.admin_url, api_key=wrong_key)
     token = token_for(served, new_user())
@@ -335,7 +335,7 @@ def test_wrong_admin_key_is_refused(served: Served, make_admin: MakeAdmin) -> No
         lambda: admin.list_user_sessions("alice"),
     ]
     for call in calls:
-        with raises_clean(AdminKeyRefused, wrong_key, token) as caught:
+        with raises_clean(AdminKeyRefusedError, wrong_key, token) as caught:
             call()
         assert caught.value.status == 401
         assert "admin API key" in str(caught.value)
@@ -383,53 +383,53 @@ def test_blocking_client_is_shared_safely_between_threads(served: Served) -> Non
 
 @pytest.mark.parametrize("session_id", ["not-a-uuid", "", "../users/alice/sessions", "12345678-1234-1234-1234-12345678901"])
 def test_bad_session_id_fails_before_any_request(make_admin: MakeAdmin, session_id: str) -> None:
-    """A session id that is not a UUID raises BadRequest locally: against a dead port it never gets to fail the connection."""
+    """A session id that is not a UUID raises BadRequestError locally: against a dead port it never gets to fail the connection."""
     admin = make_admin(f"http://127.0.0.1:{free_port()}")
-    with raises_clean(BadRequest) as caught:
+    with raises_clean(BadRequestError) as caught:
         admin.revoke_session(session_id)
     assert caught.value.status is None
 
 
 @pytest.mark.parametrize("user_id", ["", "with space", "é", "x" * 256, "tab\t", ".", ".."])
 def test_bad_user_id_fails_before_any_request(make_admin: MakeAdmin, user_id: str) -> None:
-    """A user id that is not 1..255 visible ASCII (or is a dot segment) raises BadRequest without a request."""
+    """A user id that is not 1..255 visible ASCII (or is a dot segment) raises BadRequestError without a request."""
     admin = make_admin(f"http://127.0.0.1:{free_port()}")
-    with raises_clean(BadRequest):
+    with raises_clean(BadRequestError):
         admin.revoke_user(user_id)
-    with raises_clean(BadRequest):
+    with raises_clean(BadRequestError):
         admin.list_user_sessions(user_id)
 
 
 def test_bad_ip_address_fails_before_any_request(make_admin: MakeAdmin) -> None:
-    """An ip_address that is not an IP address raises BadRequest without a request, and without the token."""
+    """An ip_address that is not an IP address raises BadRequestError without a request, and without the token."""
     admin = make_admin(f"http://127.0.0.1:{free_port()}")
     token = mint("alice")
-    with raises_clean(BadRequest, token):
+    with raises_clean(BadRequestError, token):
         admin.register(token, ip_address="not-an-ip")
 
 
 def test_sidecar_down_is_unavailable(make_admin: MakeAdmin) -> None:
-    """Nothing listening on the port: SidecarUnavailable, with no status and without the token or the key."""
+    """Nothing listening on the port: SidecarUnavailableError, with no status and without the token or the key."""
     admin = make_admin(f"http://127.0.0.1:{free_port()}")
     token = mint("alice")
-    with raises_clean(SidecarUnavailable, token) as caught:
+    with raises_clean(SidecarUnavailableError, token) as caught:
         admin.register(token)
     assert caught.value.status is None
-    with raises_clean(SidecarUnavailable):
+    with raises_clean(SidecarUnavailableError):
         admin.list_user_sessions("alice")
 
 
 @pytest.mark.timeout(30)
 def test_hung_server_is_unavailable_within_the_timeout(make_admin: MakeAdmin) -> None:
-    """A socket that listens but never answers makes the call fail with SidecarUnavailable, not hang."""
+    """A socket that listens but never answers makes the call fail with SidecarUnavailableError, not hang."""
     with socket.socket() as hung:
         hung.bind(("127.0.0.1", 0))
         hung.listen(8)  # the kernel completes the handshake; nobody ever reads or answers
         admin = make_admin(f"http://127.0.0.1:{hung.getsockname()[1]}", timeout=0.5)
         token = mint("alice")
-        with raises_clean(SidecarUnavailable, token):
+        with raises_clean(SidecarUnavailableError, token):
             admin.register(token)
-        with raises_clean(SidecarUnavailable):
+        with raises_clean(SidecarUnavailableError):
             admin.revoke_user("alice")
         admin.close()
 
@@ -556,7 +556,7 @@ def test_list_follows_the_next_cursor(fake: Any, make_admin: MakeAdmin) -> None:
 def test_a_cursor_that_does_not_advance_is_unavailable(fake: Any, make_admin: MakeAdmin) -> None:
     """A sidecar that hands back a cursor it gave before makes the list fail instead of looping forever."""
     server = fake(lambda method, target: (200, envelope([session_json(1)], next="same"), False))
-    with raises_clean(SidecarUnavailable):
+    with raises_clean(SidecarUnavailableError):
         make_admin(server.url).list_user_sessions("alice")
     assert len(server.seen) == 2
 
@@ -564,13 +564,13 @@ def test_a_cursor_that_does_not_advance_is_unavailable(fake: Any, make_admin: Ma
 @pytest.mark.parametrize(
     ("status", "body", "error", "message"),
     [
-        (502, b"<html>Bad Gateway</html>", SidecarUnavailable, "The sidecar admin listener is unavailable"),
-        (503, envelope({}, 503, "Session store unavailable, try again"), SidecarUnavailable,
+        (502, b"<html>Bad Gateway</html>", SidecarUnavailableError, "The sidecar admin listener is unavailable"),
+        (503, envelope({}, 503, "Session store unavailable, try again"), SidecarUnavailableError,
          "Session store unavailable, try again"),
-        (200, b"not json", SidecarUnavailable, None),
-        (200, envelope({"id": 7}), SidecarUnavailable, None),
-        (200, envelope("not a list"), SidecarUnavailable, None),
-        (200, envelope([], next=5), SidecarUnavailable, None),
+        (200, b"not json", SidecarUnavailableError, None),
+        (200, envelope({"id": 7}), SidecarUnavailableError, None),
+        (200, envelope("not a list"), SidecarUnavailableError, None),
+        (200, envelope([], next=5), SidecarUnavailableError, None),
         (429, envelope({}, 429, "Too many requests"), SidecarClientError, "Too many requests"),
         (404, envelope({}, 404, "Not found"), SidecarClientError, "Not found"),
     ],
@@ -578,7 +578,7 @@ def test_a_cursor_that_does_not_advance_is_unavailable(fake: Any, make_admin: Ma
 def test_unusable_answers_become_typed_errors(
     fake: Any, make_admin: MakeAdmin, status: int, body: bytes, *, error: type[Exception], message: str | None
 ) -> None:
-    """5xx, non-JSON and malformed answers raise SidecarUnavailable; other statuses the base error, with the server's message."""
+    """5xx, non-JSON and malformed answers raise SidecarUnavailableError; other statuses the base error, with the server's message."""
     server = fake(lambda method, target: (status, body, False))
     admin = make_admin(server.url)
     token = mint("alice")

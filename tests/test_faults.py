@@ -31,7 +31,7 @@ import aiohttp
 import pytest
 
 from sidecar.clock import ManualClock
-from sidecar.errors import InvalidToken, SessionRejected
+from sidecar.errors import InvalidTokenError, SessionRejectedError
 from sidecar.sessions.service import ClientInfo, SessionService
 from sidecar.sessions.sqlite import SqliteStore
 from sidecar.tokens import JwksKeys, TokenVerifier
@@ -792,7 +792,7 @@ async def test_wall_clock_jumping_back_does_not_make_stale_memory_look_fresh(tmp
         clock.set_wall(NOW - 3600)
         clock.advance(5.5)  # past max_staleness on the monotonic clock; the wall shows an hour earlier
         assert not here.fresh
-        with pytest.raises(SessionRejected, match="revoked"):
+        with pytest.raises(SessionRejectedError, match="revoked"):
             await here.check(claims, CLIENT)
     finally:
         await store.close()
@@ -824,7 +824,7 @@ async def test_token_expiry_follows_the_wall_clock_but_revocation_does_not(
 
     verifier = TokenVerifier(settings_for(tmp_path, jwt={"leeway_seconds": 0}).jwt, clock)
     clock.set_wall(NOW + 61)
-    with pytest.raises(InvalidToken, match="expired"):
+    with pytest.raises(InvalidTokenError, match="expired"):
         await verifier.verify(short)
     clock.set_wall(NOW + 59)
     assert (await verifier.verify(short)).user_id == "alice"

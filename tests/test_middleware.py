@@ -26,7 +26,7 @@ import pytest
 from aiohttp import web
 from pytest_aiohttp import AiohttpClient
 
-from sidecar.client import SidecarAdmin, SidecarUnavailable, TokenRejected
+from sidecar.client import SidecarAdmin, SidecarUnavailableError, TokenRejectedError
 from sidecar.client._check import Identity, PublicPaths, check_headers, interpret, target_of
 from sidecar.client.aiohttp_middleware import SIDECAR_IDENTITY, setup_sidecar
 from sidecar.client.asgi import Message, Receive, Scope, Send, SidecarAuthMiddleware
@@ -414,14 +414,14 @@ def test_the_check_request_carries_the_requests_description_and_credentials() ->
 
 
 def test_interpret_reads_identity_anonymous_deny_and_everything_else_as_unavailable() -> None:
-    """200 with identity is an Identity, the anonymous allow None, 401 TokenRejected, the rest SidecarUnavailable."""
+    """200 with identity is an Identity, the anonymous allow None, 401 TokenRejectedError, the rest SidecarUnavailableError."""
     identity = interpret(200, [("x-auth-user", "u"), ("X-Auth-Session", "s"), ("X-Auth-Role", "admin")])
     assert identity == Identity("u", "s", {"x-auth-role": "admin"})
     assert interpret(200, [("X-Auth-Anonymous", "optional")]) is None
-    with pytest.raises(TokenRejected):
+    with pytest.raises(TokenRejectedError):
         interpret(401, [])
     for status, headers in [(200, []), (302, [("X-Auth-User", "u"), ("X-Auth-Session", "s")]), (500, [])]:
-        with pytest.raises(SidecarUnavailable):
+        with pytest.raises(SidecarUnavailableError):
             interpret(status, headers)
 
 

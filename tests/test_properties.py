@@ -44,7 +44,7 @@ from hypothesis import strategies as st
 
 from sidecar.clock import ManualClock
 from sidecar.config import Settings
-from sidecar.errors import InvalidToken
+from sidecar.errors import InvalidTokenError
 from sidecar.tokens import Claims, TokenVerifier
 from tests.conftest import ADMIN, Sidecar, bearer, settings_for
 from tests.tokens.keys import LONG_SECRET, b64url, malleate_ecdsa, pair, sign_with
@@ -635,14 +635,14 @@ def verifier(tmp_path: Path) -> TokenVerifier:
 @given(token=ANY_TOKEN)
 @PROPERTY_SETTINGS
 async def test_verifier_accepts_exactly_what_the_oracle_accepts(verifier: TokenVerifier, token: GeneratedToken) -> None:
-    """verify() raises nothing but InvalidToken, and returns claims exactly for tokens the oracle finds valid, with the oracle's values."""
+    """verify() raises nothing but InvalidTokenError, and returns claims exactly for tokens the oracle finds valid, with the oracle's values."""
     verdict = judge(token)
     expected = verdict if isinstance(verdict, Verdict) else None
     note(f"{token}\noracle: {verdict}")
     event("oracle", "valid" if expected else str(verdict).split(":")[0])  # see --hypothesis-show-statistics
     try:
         claims = await verifier.verify(token.text)
-    except InvalidToken as e:
+    except InvalidTokenError as e:
         assert expected is None, f"refused ({e.reason}: {e.detail}) a token the oracle accepts"
         return
     assert expected is not None, f"accepted a token the oracle refuses: {claims}"
@@ -891,5 +891,5 @@ async def test_rare_verdicts_agree_with_the_verifier(verifier: TokenVerifier, ch
     header = b'{"alg":"HS256"}'
     token = GeneratedToken(sign("HS256", header, payload), header, payload, True, True, "right/canonical")
     assert judge(token) == verdict
-    with pytest.raises(InvalidToken):
+    with pytest.raises(InvalidTokenError):
         await verifier.verify(token.text)

@@ -6,7 +6,7 @@ import hashlib
 import logging
 import re
 
-from sidecar.errors import InvalidToken, SessionRejected
+from sidecar.errors import InvalidTokenError, SessionRejectedError
 from sidecar.sessions.models import Session
 from sidecar.sessions.service import ClientInfo, SessionService
 from sidecar.tokens.claims import canonical_hash
@@ -27,7 +27,7 @@ def refresh_key(token: str, session_claim: str) -> str:
     """
     try:
         parsed = parse_compact(token)
-    except InvalidToken:
+    except InvalidTokenError:
         return "rt:" + hashlib.sha256(token.strip().encode("ascii", "replace")).hexdigest()
     sid = parsed.payload.get(session_claim)
     if isinstance(sid, str) and _IDENTIFIER.fullmatch(sid):
@@ -56,12 +56,12 @@ class Capture:
         """
         try:
             claims = await self._verifier.verify(access)
-        except InvalidToken as e:
+        except InvalidTokenError as e:
             log.warning("capture: login answer's access token is not valid here (%s): nothing bound", e.reason)
             return None
         try:
             session, created = await self._sessions.register(claims, client)
-        except SessionRejected as e:
+        except SessionRejectedError as e:
             log.warning("capture: login of user %s not registered (%s)", claims.user_id, e.reason)
             return None
         if not created and not self._told_identical:
@@ -101,7 +101,7 @@ class Capture:
             return await self.login(access, refresh, client)
         try:
             claims = await self._verifier.verify(access)
-        except InvalidToken as e:
+        except InvalidTokenError as e:
             log.warning("capture: refresh answer's access token is not valid here (%s): nothing bound", e.reason)
             return None
         if claims.user_id != session.user_id:
@@ -121,7 +121,7 @@ class Capture:
         if bearer:
             try:
                 claims = await self._verifier.verify(bearer)
-            except InvalidToken:
+            except InvalidTokenError:
                 claims = None
             if claims is not None:
                 found = await self._sessions.find(claims.session_key)

@@ -53,14 +53,14 @@ class CaptureRoute:
     max_body_bytes: int = 1024 * 1024
 
 
-class AmbiguousToken(ValueError):
+class AmbiguousTokenError(ValueError):
     """The same place holds two different tokens (two cookies of one name, say)."""
 
 
 def _one(values: Sequence[str]) -> str | None:
     distinct = {v for v in values if v}
     if len(distinct) > 1:
-        raise AmbiguousToken("two different values")
+        raise AmbiguousTokenError("two different values")
     token = next(iter(distinct), None)
     if token is not None and (len(token) > MAX_TOKEN_CHARS or not token.isascii()):
         return None
@@ -85,7 +85,7 @@ def token_in_answer(place: TokenPlace, headers: Mapping[str, Sequence[str]], bod
     """The token ``place`` names in an answer; ``headers`` by lower-case name, all values.
 
     ``body`` is None when it cannot be read (compressed, too large). Raises
-    ``AmbiguousToken`` when the place holds two different tokens.
+    ``AmbiguousTokenError`` when the place holds two different tokens.
     """
     if place.kind == "body":
         return _one([t] if body is not None and (t := _from_json(body, place.name)) else [])

@@ -20,24 +20,24 @@ from sidecar.client._protocol import Registration, SessionInfo
 from sidecar.client.aio import AsyncSidecarAdmin
 from sidecar.client.blocking import SidecarAdmin
 from sidecar.client.errors import (
-    AdminKeyRefused,
-    BadRequest,
-    SessionRevoked,
+    AdminKeyRefusedError,
+    BadRequestError,
+    SessionRevokedError,
     SidecarClientError,
-    SidecarUnavailable,
-    TokenRejected,
+    SidecarUnavailableError,
+    TokenRejectedError,
 )
 
 __all__ = [
-    "AdminKeyRefused",
+    "AdminKeyRefusedError",
     "AsyncSidecarAdmin",
-    "BadRequest",
+    "BadRequestError",
     "Identity",
     "Registration",
     "SessionInfo",
-    "SessionRevoked",
+    "SessionRevokedError",
     "SidecarAdmin",
     "SidecarClientError",
-    "SidecarUnavailable",
-    "TokenRejected",
+    "SidecarUnavailableError",
+    "TokenRejectedError",
 ]

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from sidecar.client.errors import SidecarUnavailable, TokenRejected
+from sidecar.client.errors import SidecarUnavailableError, TokenRejectedError
 
 USER_HEADER = "x-auth-user"
 SESSION_HEADER = "x-auth-session"
@@ -158,14 +158,14 @@ def check_headers(
 def interpret(status: int, headers: Iterable[tuple[str, str]]) -> Identity | None:
     """The check's answer: the Identity, or None for the sidecar's anonymous allow.
 
-    Raises :class:`TokenRejected` for 401 (no valid token of an active session), and
-    :class:`SidecarUnavailable` for anything else: another status (302, 404, 5xx) or a 200
+    Raises :class:`TokenRejectedError` for 401 (no valid token of an active session), and
+    :class:`SidecarUnavailableError` for anything else: another status (302, 404, 5xx) or a 200
     that is not the sidecar's (no identity, a duplicated or empty identity header).
     """
     if status == 401:
-        raise TokenRejected("No valid token of an active session", status=status)
+        raise TokenRejectedError("No valid token of an active session", status=status)
     if status != 200:
-        raise SidecarUnavailable("Unexpected answer from the sidecar's check", status=status)
+        raise SidecarUnavailableError("Unexpected answer from the sidecar's check", status=status)
     found: dict[str, list[str]] = {}
     claims: dict[str, str] = {}
     for name, value in headers:
@@ -179,8 +179,8 @@ def interpret(status: int, headers: Iterable[tuple[str, str]]) -> Identity | Non
     if not users and not sessions and len(anonymous) == 1 and anonymous[0] in _ANONYMOUS_VALUES:
         return None
     if anonymous or len(users) != 1 or len(sessions) != 1:
-        raise SidecarUnavailable("Malformed answer from the sidecar's check: no identity", status=status)
+        raise SidecarUnavailableError("Malformed answer from the sidecar's check: no identity", status=status)
     user, session = users[0], sessions[0]
     if not 0 < len(user) <= _MAX_VALUE or not 0 < len(session) <= _MAX_VALUE:
-        raise SidecarUnavailable("Malformed answer from the sidecar's check: empty identity", status=status)
+        raise SidecarUnavailableError("Malformed answer from the sidecar's check: empty identity", status=status)
     return Identity(user, session, MappingProxyType(claims))

@@ -12,7 +12,7 @@ from yarl import URL
 
 from sidecar.client._check import Headers, Identity, interpret
 from sidecar.client._protocol import Endpoint
-from sidecar.client.errors import SidecarUnavailable
+from sidecar.client.errors import SidecarUnavailableError
 
 _MAX_BODY = 64 * 1024  # the check's bodies are a few bytes; a larger one is not read (no reuse)
 
@@ -58,7 +58,7 @@ class Checker:
             await http.close()
 
     async def check(self, headers: Headers) -> Identity | None:
-        """The identity, None for an anonymous allow; raises TokenRejected / SidecarUnavailable."""
+        """The identity, None for an anonymous allow; raises TokenRejectedError / SidecarUnavailableError."""
         http = self._session()
         try:
             async with http.get(
@@ -72,6 +72,6 @@ class Checker:
                     await resp.read()  # read to the end, so the connection is reused
                 return interpret(resp.status, resp.headers.items())
         except TimeoutError as e:  # aiohttp's timeouts are TimeoutErrors
-            raise SidecarUnavailable(f"No answer from the sidecar at {self.base} within {self.timeout} s") from e
+            raise SidecarUnavailableError(f"No answer from the sidecar at {self.base} within {self.timeout} s") from e
         except aiohttp.ClientError as e:
-            raise SidecarUnavailable(f"Cannot reach the sidecar at {self.base}: {type(e).__name__}") from e
+            raise SidecarUnavailableError(f"Cannot reach the sidecar at {self.base}: {type(e).__name__}") from e

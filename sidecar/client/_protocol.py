@@ -18,12 +18,12 @@ from urllib.parse import quote, urlsplit
 
 from sidecar import __version__
 from sidecar.client.errors import (
-    AdminKeyRefused,
-    BadRequest,
-    SessionRevoked,
+    AdminKeyRefusedError,
+    BadRequestError,
+    SessionRevokedError,
     SidecarClientError,
-    SidecarUnavailable,
-    TokenRejected,
+    SidecarUnavailableError,
+    TokenRejectedError,
 )
 
 T = TypeVar("T")
@@ -155,16 +155,16 @@ class AdminProtocol:
     ) -> Exchange[Registration]:
         """``POST /admin/v1/sessions``: 201 created, 200 already registered, 409, 422."""
         if not isinstance(token, str) or not token:
-            raise BadRequest("token must be a non-empty string")
+            raise BadRequestError("token must be a non-empty string")
         payload: dict[str, Any] = {"token": token}
         if ip_address is not None:
             try:
                 payload["ip_address"] = str(ipaddress.ip_address(ip_address))
             except ValueError as e:
-                raise BadRequest("ip_address must be an IP address") from e
+                raise BadRequestError("ip_address must be an IP address") from e
         if user_agent is not None:
             if not isinstance(user_agent, str):
-                raise BadRequest("user_agent must be a string")
+                raise BadRequestError("user_agent must be a string")
             payload["user_agent"] = user_agent
         answer = yield self._request("POST", "/admin/v1/sessions", payload)
         if answer.status not in (200, 201):
@@ -203,7 +203,7 @@ class AdminProtocol:
             if page.next is None:
                 return sessions
             if page.next in seen:  # a cursor that does not advance would loop forever
-                raise SidecarUnavailable("The sidecar repeated a pagination cursor", status=answer.status)
+                raise SidecarUnavailableError("The sidecar repeated a pagination cursor", status=answer.status)
             seen.add(page.next)
             cursor = page.next
 
@@ -215,7 +215,7 @@ def _session_id(value: str | uuid.UUID) -> str:
     if isinstance(value, uuid.UUID):
         return str(value)
     if not isinstance(value, str) or not _UUID.fullmatch(value):
-        raise BadRequest("Invalid session id: must be a UUID")
+        raise BadRequestError("Invalid session id: must be a UUID")
     return value.lower()
 
 
@@ -224,10 +224,10 @@ def _user_path(value: str | int) -> str:
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)  # integer ids are the decimal strings the sidecar keys them by
     if not isinstance(value, str) or not 0 < len(value) <= 255 or any(not 0x21 <= ord(c) <= 0x7E for c in value):
-        raise BadRequest("Invalid user id: must be 1 to 255 visible ASCII characters")
+        raise BadRequestError("Invalid user id: must be 1 to 255 visible ASCII characters")
     if value in (".", ".."):
         # Dot segments are removed by URL normalisation on the way, even percent-encoded.
-        raise BadRequest("Invalid user id: '.' and '..' cannot be sent in a path")
+        raise BadRequestError("Invalid user id: '.' and '..' cannot be sent in a path")
     return quote(value, safe="")
 
 
@@ -255,22 +255,22 @@ def _error(answer: Answer) -> SidecarClientError:
     status = answer.status
     message = _message(answer)
     if status == 401:
-        return AdminKeyRefused(message, status=status)
+        return AdminKeyRefusedError(message, status=status)
     if status == 400:
-        return BadRequest(message, status=status)
+        return BadRequestError(message, status=status)
     if status == 409:
-        return SessionRevoked(message, status=status)
+        return SessionRevokedError(message, status=status)
     if status == 422:
-        return TokenRejected(message, status=status)
+        return TokenRejectedError(message, status=status)
     if status >= 500:
-        return SidecarUnavailable(message, status=status)
+        return SidecarUnavailableError(message, status=status)
     if message is None and 200 <= status < 300:
-        return SidecarUnavailable("Malformed answer from the sidecar", status=status)
+        return SidecarUnavailableError("Malformed answer from the sidecar", status=status)
     return SidecarClientError(message, status=status)
 
 
-def _malformed(answer: Answer, what: str) -> SidecarUnavailable:
-    return SidecarUnavailable(f"Malformed answer from the sidecar: {what}", status=answer.status)
+def _malformed(answer: Answer, what: str) -> SidecarUnavailableError:
+    return SidecarUnavailableError(f"Malformed answer from the sidecar: {what}", status=answer.status)
 
 
 def _data(answer: Answer) -> Any:
@@ -295,7 +295,7 @@ _OPTIONAL = ("ip_address", "location", "device", "login_time", "last_seen", "exp
 
 def _session(item: Any, status: int) -> SessionInfo:
     """A session object of the API; extra fields (added by newer sidecars) are ignored."""
-    bad = SidecarUnavailable("Malformed answer from the sidecar: not a session", status=status)
+    bad = SidecarUnavailableError("Malformed answer from the sidecar: not a session", status=status)
     if not isinstance(item, dict):
         raise bad
     sid, user_id = item.get("id"), item.get("user_id")

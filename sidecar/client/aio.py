@@ -19,7 +19,7 @@ from sidecar.client._protocol import (
     Request,
     SessionInfo,
 )
-from sidecar.client.errors import SidecarUnavailable
+from sidecar.client.errors import SidecarUnavailableError
 
 T = TypeVar("T")
 
@@ -81,8 +81,8 @@ class AsyncSidecarAdmin:
     ) -> Registration:
         """Register the token's session at login, with the user's IP and User-Agent.
 
-        Returns ``(session, created)``; raises :class:`TokenRejected` for an invalid token and
-        :class:`SessionRevoked` for a revoked session or a token older than the user's cut-off.
+        Returns ``(session, created)``; raises :class:`TokenRejectedError` for an invalid token and
+        :class:`SessionRevokedError` for a revoked session or a token older than the user's cut-off.
         """
         return await self._run(self._protocol.register(token, ip_address, user_agent))
 
@@ -138,16 +138,17 @@ class AsyncSidecarAdmin:
             except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as e:
                 if attempt < attempts and not isinstance(e, aiohttp.ClientConnectorError):
                     continue
-                raise SidecarUnavailable(f"Cannot reach the sidecar at {self._base}: {_describe(e)}") from e
+                raise SidecarUnavailableError(f"Cannot reach the sidecar at {self._base}: {_describe(e)}") from e
             except TimeoutError as e:  # aiohttp's connect and read timeouts are TimeoutErrors
-                raise SidecarUnavailable(f"No answer from the sidecar at {self._base} within {self.timeout} s") from e
+                message = f"No answer from the sidecar at {self._base} within {self.timeout} s"
+                raise SidecarUnavailableError(message) from e
             except aiohttp.ClientError as e:
-                raise SidecarUnavailable(f"Cannot reach the sidecar at {self._base}: {_describe(e)}") from e
+                raise SidecarUnavailableError(f"Cannot reach the sidecar at {self._base}: {_describe(e)}") from e
         raise AssertionError("unreachable")  # pragma: no cover
 
 
 async def _read(resp: aiohttp.ClientResponse) -> bytes:
-    too_large = SidecarUnavailable("The sidecar's answer is too large", status=resp.status)
+    too_large = SidecarUnavailableError("The sidecar's answer is too large", status=resp.status)
     if resp.content_length is not None and resp.content_length > MAX_ANSWER_BYTES:
         raise too_large
     chunks: list[bytes] = []

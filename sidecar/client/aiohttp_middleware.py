@@ -27,7 +27,7 @@ from aiohttp.typedefs import Handler
 
 from sidecar.client._check import DENY, UNAVAILABLE, Identity, PublicPaths, Reply, check_headers, target_of
 from sidecar.client._checker import Checker
-from sidecar.client.errors import SidecarUnavailable, TokenRejected
+from sidecar.client.errors import SidecarUnavailableError, TokenRejectedError
 
 # Where handlers read the identity: an Identity, or None (a public path, an anonymous allow).
 SIDECAR_IDENTITY: web.RequestKey[Identity | None] = web.RequestKey("sidecar_identity")
@@ -69,9 +69,9 @@ class SidecarMiddleware:
                         client_ip=request.remote if self.forward_client else None,
                     )
                 )
-            except TokenRejected:
+            except TokenRejectedError:
                 return _response(DENY)
-            except SidecarUnavailable as e:
+            except SidecarUnavailableError as e:
                 log.warning("sidecar check unavailable: %s", e)
                 return _response(UNAVAILABLE)
             except Exception:

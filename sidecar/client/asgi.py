@@ -36,7 +36,7 @@ from urllib.parse import quote
 
 from sidecar.client._check import DENY, UNAVAILABLE, Identity, PublicPaths, Reply, check_headers, target_of
 from sidecar.client._checker import Checker
-from sidecar.client.errors import SidecarUnavailable, TokenRejected
+from sidecar.client.errors import SidecarUnavailableError, TokenRejectedError
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -85,10 +85,10 @@ class SidecarAuthMiddleware:
         if scope.get("path", "") not in self.public:
             try:
                 identity = await self.checker.check(self._check_headers(scope))
-            except TokenRejected:
+            except TokenRejectedError:
                 await _reply(send, DENY)
                 return
-            except SidecarUnavailable as e:
+            except SidecarUnavailableError as e:
                 log.warning("sidecar check unavailable: %s", e)
                 await _reply(send, UNAVAILABLE)
                 return

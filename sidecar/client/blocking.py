@@ -19,7 +19,7 @@ from sidecar.client._protocol import (
     Request,
     SessionInfo,
 )
-from sidecar.client.errors import SidecarUnavailable
+from sidecar.client.errors import SidecarUnavailableError
 
 T = TypeVar("T")
 
@@ -78,8 +78,8 @@ class SidecarAdmin:
     ) -> Registration:
         """Register the token's session at login, with the user's IP and User-Agent.
 
-        Returns ``(session, created)``; raises :class:`TokenRejected` for an invalid token and
-        :class:`SessionRevoked` for a revoked session or a token older than the user's cut-off.
+        Returns ``(session, created)``; raises :class:`TokenRejectedError` for an invalid token and
+        :class:`SessionRevokedError` for a revoked session or a token older than the user's cut-off.
         """
         return self._run(self._protocol.register(token, ip_address, user_agent))
 
@@ -144,15 +144,15 @@ class SidecarAdmin:
                 if reused:  # every admin call is idempotent: send it again, once, on a fresh connection
                     conn, reused = self._new_connection(), False
                     continue
-                raise SidecarUnavailable(f"Cannot reach the sidecar at {self._endpoint.url}: {_describe(e)}") from e
+                raise SidecarUnavailableError(_unreachable(self._endpoint.url, e)) from e
             except TimeoutError as e:
                 conn.close()
-                raise SidecarUnavailable(
+                raise SidecarUnavailableError(
                     f"No answer from the sidecar at {self._endpoint.url} within {self.timeout} s"
                 ) from e
             except (OSError, http.client.HTTPException) as e:
                 conn.close()
-                raise SidecarUnavailable(f"Cannot reach the sidecar at {self._endpoint.url}: {_describe(e)}") from e
+                raise SidecarUnavailableError(_unreachable(self._endpoint.url, e)) from e
             except BaseException:
                 conn.close()
                 raise
@@ -166,7 +166,7 @@ def _exchange(conn: http.client.HTTPConnection, request: Request) -> Answer:
     body = resp.read(MAX_ANSWER_BYTES + 1)
     if len(body) > MAX_ANSWER_BYTES or not resp.isclosed():
         conn.close()  # the rest is unread: this connection cannot carry another request
-        raise SidecarUnavailable("The sidecar's answer is too large", status=resp.status)
+        raise SidecarUnavailableError("The sidecar's answer is too large", status=resp.status)
     return Answer(resp.status, body)
 
 
@@ -177,3 +177,7 @@ def _describe(e: BaseException) -> str:
     if isinstance(e, OSError) and e.strerror:
         return f"connection failed ({e.strerror})"
     return type(e).__name__
+
+
+def _unreachable(url: str, e: BaseException) -> str:
+    return f"Cannot reach the sidecar at {url}: {_describe(e)}"

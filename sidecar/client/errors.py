@@ -28,13 +28,13 @@ class SidecarClientError(Exception):
         return f"{type(self).__name__}(message={self.message!r}, status={self.status!r})"
 
 
-class SidecarUnavailable(SidecarClientError):
+class SidecarUnavailableError(SidecarClientError):
     """No usable answer: connection refused, timeout, a 5xx, or an answer that is not the API's JSON."""
 
     default_message = "The sidecar admin listener is unavailable"
 
 
-class AdminKeyRefused(SidecarClientError):
+class AdminKeyRefusedError(SidecarClientError):
     """401: the sidecar refused the admin API key (wrong key, or not in ``admin.api_keys``)."""
 
     default_message = "The sidecar refused the admin API key"
@@ -43,20 +43,20 @@ class AdminKeyRefused(SidecarClientError):
         return f"The sidecar refused the admin API key (HTTP {self.status}): {self.message}"
 
 
-class BadRequest(SidecarClientError):
+class BadRequestError(SidecarClientError):
     """400: a malformed argument (bad session id, user id, IP address, body), found locally or by the sidecar."""
 
     default_message = "Bad request"
 
 
-class TokenRejected(SidecarClientError):
+class TokenRejectedError(SidecarClientError):
     """422: the token given to ``register`` is not valid (signature, expiry, claims, token type);
     401 from the gateway check (the middlewares): no valid token of an active session."""
 
     default_message = "Token is not valid"
 
 
-class SessionRevoked(SidecarClientError):
+class SessionRevokedError(SidecarClientError):
     """409: the token's session is revoked, or the token was issued before the user's cut-off."""
 
     default_message = "Session is revoked"

@@ -32,7 +32,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from sidecar.errors import StoreUnavailable
+from sidecar.errors import StoreUnavailableError
 from sidecar.sessions.models import Cutoff, Revoked, RevokedRef
 from sidecar.sessions.service import SessionService
 
@@ -203,7 +203,7 @@ class RedisPush:
     async def _hinted_catch_up(self) -> None:
         try:
             await self._sessions.catch_up(via="redis")
-        except StoreUnavailable as e:
+        except StoreUnavailableError as e:
             # The periodic catch-up warns about the store once per interval; a flood of
             # hints while it is down must not add a warning per message.
             log.debug("redis: catch-up on a hint failed: %s", e)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from sidecar.config import StorageSettings
-from sidecar.errors import StoreUnavailable
+from sidecar.errors import StoreUnavailableError
 from sidecar.sessions.models import Changes, Cutoff, ListPosition, Session, Touch
 from sidecar.sessions.store import SessionStore
 
@@ -11,7 +11,7 @@ from sidecar.sessions.store import SessionStore
 def store_from_settings(settings: StorageSettings) -> SessionStore:
     """The backend ``storage.url`` names (not yet opened).
 
-    Raises ``StoreUnavailable`` when the backend's optional driver is not installed.
+    Raises ``StoreUnavailableError`` when the backend's optional driver is not installed.
     """
     if settings.backend == "postgresql":
         try:
@@ -19,7 +19,7 @@ def store_from_settings(settings: StorageSettings) -> SessionStore:
         except ModuleNotFoundError as e:
             if e.name != "asyncpg":
                 raise
-            raise StoreUnavailable(
+            raise StoreUnavailableError(
                 "storage.url names PostgreSQL, which needs asyncpg: pip install 'sidecar[postgres]'"
             ) from e
         return PostgresStore(

@@ -8,7 +8,7 @@ when one is configured), so a revoke that answered 204 survives a server crash.
 ``open()`` warns when the server runs with ``synchronous_commit = off``.
 
 Every statement is parameterised ($1...). Driver, socket and timeout errors become
-``StoreUnavailable`` with a short message that never carries the URL's password. Every
+``StoreUnavailableError`` with a short message that never carries the URL's password. Every
 command has a client-side timeout and a server-side ``statement_timeout``, so a hung or
 unreachable server fails a request in bounded time instead of stalling it.
 
@@ -31,7 +31,7 @@ from urllib.parse import unquote, urlsplit
 # (``pip install 'sidecar[postgres]'``). It ships no type information (typed as Any).
 import asyncpg
 
-from sidecar.errors import StoreUnavailable
+from sidecar.errors import StoreUnavailableError
 from sidecar.sessions.models import Changes, Cutoff, ListPosition, Session, Touch
 from sidecar.sessions.sql import ALIASED, COLUMNS, migrate, session_of
 
@@ -82,7 +82,7 @@ _DRIVER_ERRORS: Final[tuple[type[BaseException], ...]] = (
 _BROKEN_CONNECTION: Final[tuple[type[BaseException], ...]] = (OSError, TimeoutError, asyncpg.InternalClientError)
 
 # Opening also fails on a malformed DSN (ValueError) and on a schema it must not touch.
-_OPEN_ERRORS: Final[tuple[type[BaseException], ...]] = (*_DRIVER_ERRORS, ValueError, StoreUnavailable)
+_OPEN_ERRORS: Final[tuple[type[BaseException], ...]] = (*_DRIVER_ERRORS, ValueError, StoreUnavailableError)
 
 # Key of the advisory lock that serialises migrations between processes (any constant
 # distinct from other applications' keys in the same database; "sidecar" in ASCII).
@@ -239,8 +239,8 @@ class PostgresStore:
                     )
         except _OPEN_ERRORS as e:
             await self.close()
-            detail = e if isinstance(e, StoreUnavailable) else self._describe(e)
-            raise StoreUnavailable(f"cannot open PostgreSQL database {self.where}: {detail}") from e
+            detail = e if isinstance(e, StoreUnavailableError) else self._describe(e)
+            raise StoreUnavailableError(f"cannot open PostgreSQL database {self.where}: {detail}") from e
         except BaseException:
             await self.close()
             raise
@@ -279,10 +279,10 @@ class PostgresStore:
 
     @asynccontextmanager
     async def _acquire(self, what: str) -> AsyncIterator[_Connection]:
-        """A pooled connection; driver errors -> StoreUnavailable naming ``what``."""
+        """A pooled connection; driver errors -> StoreUnavailableError naming ``what``."""
         pool = self._pool
         if pool is None:
-            raise StoreUnavailable("PostgreSQL store is not open")
+            raise StoreUnavailableError("PostgreSQL store is not open")
         try:
             async with pool.acquire(timeout=self._acquire_timeout) as conn:
                 try:
@@ -291,7 +291,7 @@ class PostgresStore:
                     conn.terminate()
                     raise
         except _DRIVER_ERRORS as e:
-            raise StoreUnavailable(f"PostgreSQL {what} failed: {self._describe(e)}") from e
+            raise StoreUnavailableError(f"PostgreSQL {what} failed: {self._describe(e)}") from e
 
     @asynccontextmanager
     async def _transaction(
@@ -319,7 +319,7 @@ class PostgresStore:
         """
         value = await db.fetchval("UPDATE revision_counter SET value = value + 1 WHERE id = 1 RETURNING value")
         if value is None:  # pragma: no cover - migration 2 inserts the row
-            raise StoreUnavailable("revision counter missing")
+            raise StoreUnavailableError("revision counter missing")
         return int(value)
 
     # ------------------------------------------------------------------ protocol
@@ -380,7 +380,7 @@ class PostgresStore:
                 if row is not None:
                     return session_of(row), False
                 # The holder of the key was purged in between: try the insert again.
-        raise StoreUnavailable("session key kept changing during insert")
+        raise StoreUnavailableError("session key kept changing during insert")
 
     async def list_active(
         self, user_id: str, now: float, *, limit: int | None = None, before: ListPosition | None = None

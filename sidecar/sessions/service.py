@@ -32,7 +32,7 @@ from typing import Final
 from sidecar.clock import Clock
 from sidecar.config import Registration
 from sidecar.enrich.client_ip import IPAddress
-from sidecar.errors import SessionRejected, StoreUnavailable
+from sidecar.errors import SessionRejectedError, StoreUnavailableError
 from sidecar.lru import LRU
 from sidecar.sessions.models import Cutoff, ListPosition, RevokedRef, Session, Touch
 from sidecar.sessions.store import SessionStore
@@ -182,7 +182,7 @@ class SessionService:
     async def _catch_up_quietly(self) -> None:
         try:
             await self.catch_up()
-        except StoreUnavailable as e:
+        except StoreUnavailableError as e:
             log.warning("sessions: catch-up from the store failed: %s", e)
 
     @property
@@ -239,7 +239,7 @@ class SessionService:
         batch, self._pending = self._pending, {}
         try:
             await self.store.touch([Touch(sid, a.last_seen, a.expires_at) for sid, a in batch.items()])
-        except StoreUnavailable as e:
+        except StoreUnavailableError as e:
             log.warning("sessions: could not write %d activity updates: %s", len(batch), e)
             for sid, a in batch.items():
                 self._note(sid, a.last_seen, a.expires_at)
@@ -295,7 +295,7 @@ class SessionService:
             if need_cutoff:
                 entry = self._remember_cutoff(claims.user_id, cutoff, overwrite=overwrite)
             return key, state, entry
-        raise StoreUnavailable("session state kept changing during the read")
+        raise StoreUnavailableError("session state kept changing during the read")
 
     def _remember_alias(self, alias: str, key: str) -> str:
         """Remember that tokens keyed ``alias`` belong to the session keyed ``key`` (a fact
@@ -322,7 +322,7 @@ class SessionService:
     async def check(self, claims: Claims, client: Callable[[], ClientInfo]) -> str:
         """Return the session id when the token's session is active, else raise.
 
-        Raises ``SessionRejected`` for a decided deny and ``StoreUnavailable`` when the
+        Raises ``SessionRejectedError`` for a decided deny and ``StoreUnavailableError`` when the
         state cannot be established; callers deny on both (fail closed). ``client`` is
         only called to register a new session: working out the client's address and
         device costs more than the whole check of a known session.
@@ -348,30 +348,30 @@ class SessionService:
 
         if state is not None:
             if state.user_id != claims.user_id:
-                raise SessionRejected("session_user_mismatch")
+                raise SessionRejectedError("session_user_mismatch")
             if state.revoked:
                 # Keep the tombstone alive as long as tokens of the session keep coming.
                 if claims.expires_at > state.expires_at:
                     state.expires_at = claims.expires_at
                     self._note(state.id, now, claims.expires_at)
-                raise SessionRejected("revoked")
+                raise SessionRejectedError("revoked")
         if isinstance(entry, Cutoff) and self._cut_off(entry, key, claims):
-            raise SessionRejected("cut_off")
+            raise SessionRejectedError("cut_off")
         if state is None:
             if self._registration == "explicit":
-                raise SessionRejected("unknown_session")
+                raise SessionRejectedError("unknown_session")
             session, _ = await self._register(claims, client())
             # The insert awaited: re-read memory, where a racing revocation or cut-off
             # would have landed.
             state = self._states.get(key)
             if state is None or state.revoked:
-                raise SessionRejected("revoked")
+                raise SessionRejectedError("revoked")
             if state.user_id != claims.user_id:
                 # Another user's token registered this session key first (a racing insert).
-                raise SessionRejected("session_user_mismatch")
+                raise SessionRejectedError("session_user_mismatch")
             entry = self._cutoffs.get(claims.user_id, _MISSING)
             if isinstance(entry, Cutoff) and self._cut_off(entry, key, claims):
-                raise SessionRejected("cut_off")
+                raise SessionRejectedError("cut_off")
             return session.id
 
         state.expires_at = max(state.expires_at, claims.expires_at)
@@ -402,22 +402,22 @@ class SessionService:
                     log.info("sessions: registered %s for user %s", row.id, row.user_id)
                 self._remember(claims.session_key, self._state_of(row), overwrite=False)
                 return row, created
-        raise StoreUnavailable("session state kept changing during registration")
+        raise StoreUnavailableError("session state kept changing during registration")
 
     async def register(self, claims: Claims, client: ClientInfo) -> tuple[Session, bool]:
         """Register a token's session on behalf of the auth service (admin API).
 
         Returns (session, created). A session that is already revoked, or a token issued
-        before the user's cut-off, cannot be registered (``SessionRejected``).
+        before the user's cut-off, cannot be registered (``SessionRejectedError``).
         """
         cutoff = await self.store.get_cutoff(claims.user_id)
         if cutoff is not None and self._cut_off(cutoff, claims.session_key, claims):
-            raise SessionRejected("cut_off")
+            raise SessionRejectedError("cut_off")
         session, created = await self._register(claims, client)
         if session.user_id != claims.user_id:
-            raise SessionRejected("session_user_mismatch")
+            raise SessionRejectedError("session_user_mismatch")
         if session.revoked_at is not None:
-            raise SessionRejected("revoked")
+            raise SessionRejectedError("revoked")
         return session, created
 
     # ------------------------------------------------------------------ tokens seen at issue

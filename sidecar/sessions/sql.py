@@ -10,7 +10,7 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
-from sidecar.errors import StoreUnavailable
+from sidecar.errors import StoreUnavailableError
 from sidecar.sessions.models import Session
 
 # Versioned migrations: (version, statements), applied in order, one transaction each.
@@ -45,7 +45,7 @@ async def migrate(
     await execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
     current = await current_version()
     if current > latest:
-        raise StoreUnavailable(f"database schema version {current} is newer than this sidecar ({latest})")
+        raise StoreUnavailableError(f"database schema version {current} is newer than this sidecar ({latest})")
     for version, statements in migrations:
         if version <= current:
             continue

@@ -19,7 +19,7 @@ from typing import Any
 
 import aiosqlite
 
-from sidecar.errors import StoreUnavailable
+from sidecar.errors import StoreUnavailableError
 from sidecar.sessions.models import Changes, Cutoff, ListPosition, Session, Touch
 from sidecar.sessions.sql import ALIASED, COLUMNS, migrate, session_of
 
@@ -149,7 +149,7 @@ class SqliteStore:
             self._scanner = await self._connect()
         except (sqlite3.Error, OSError) as e:
             await self.close()
-            raise StoreUnavailable(f"cannot open SQLite database {self.path}: {e}") from e
+            raise StoreUnavailableError(f"cannot open SQLite database {self.path}: {e}") from e
         except BaseException:
             await self.close()
             raise
@@ -183,12 +183,12 @@ class SqliteStore:
 
     def _conn(self, conn: aiosqlite.Connection | None) -> aiosqlite.Connection:
         if conn is None:
-            raise StoreUnavailable("SQLite store is not open")
+            raise StoreUnavailableError("SQLite store is not open")
         return conn
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
-        """One write transaction at a time; commit or roll back, errors -> StoreUnavailable."""
+        """One write transaction at a time; commit or roll back, errors -> StoreUnavailableError."""
         async with self._write_lock:
             db = self._conn(self._writer)
             try:
@@ -196,7 +196,7 @@ class SqliteStore:
                 # after busy_timeout, rather than half-way through.
                 await db.execute("BEGIN IMMEDIATE")
             except _DRIVER_ERRORS as e:
-                raise StoreUnavailable(f"SQLite busy or failing: {e}") from e
+                raise StoreUnavailableError(f"SQLite busy or failing: {e}") from e
             try:
                 yield db
                 await db.execute("COMMIT")
@@ -206,7 +206,7 @@ class SqliteStore:
                 except _DRIVER_ERRORS as rollback_error:
                     log.error("sqlite: rollback failed: %s", rollback_error)
                 if isinstance(e, _DRIVER_ERRORS):
-                    raise StoreUnavailable(f"SQLite write failed: {e}") from e
+                    raise StoreUnavailableError(f"SQLite write failed: {e}") from e
                 raise
 
     async def _fetch(self, sql: str, params: Sequence[Any], *, scan: bool = False) -> list[Any]:
@@ -215,7 +215,7 @@ class SqliteStore:
             async with db.execute(sql, params) as cur:
                 return list(await cur.fetchall())
         except _DRIVER_ERRORS as e:
-            raise StoreUnavailable(f"SQLite read failed: {e}") from e
+            raise StoreUnavailableError(f"SQLite read failed: {e}") from e
 
     # ------------------------------------------------------------------ protocol
 
@@ -275,7 +275,7 @@ class SqliteStore:
             ) as sel:
                 row = await sel.fetchone()
         if row is None:  # pragma: no cover - the row was just written in this transaction
-            raise StoreUnavailable("inserted session vanished")
+            raise StoreUnavailableError("inserted session vanished")
         return session_of(row), created
 
     async def list_active(
@@ -298,7 +298,7 @@ class SqliteStore:
         async with db.execute("UPDATE revision_counter SET value = value + 1 WHERE id = 1 RETURNING value") as cur:
             row = await cur.fetchone()
         if row is None:  # pragma: no cover - migration 2 inserts the row
-            raise StoreUnavailable("revision counter missing")
+            raise StoreUnavailableError("revision counter missing")
         return int(row[0])
 
     async def count_active(self, now: float) -> int:
@@ -384,7 +384,7 @@ class SqliteStore:
                 finally:
                     await db.execute("COMMIT")
             except _DRIVER_ERRORS as e:
-                raise StoreUnavailable(f"SQLite read failed: {e}") from e
+                raise StoreUnavailableError(f"SQLite read failed: {e}") from e
         return Changes.collect(
             revision,
             limit,

@@ -1,6 +1,6 @@
 """The async store protocol every backend implements (SQLite and PostgreSQL).
 
-Backends convert their driver's errors into ``StoreUnavailable``. A write method returns
+Backends convert their driver's errors into ``StoreUnavailableError``. A write method returns
 only after its transaction is durably committed; that is what lets a revoke answer 204.
 """
 
@@ -20,7 +20,7 @@ class SessionStore(Protocol):
     async def close(self) -> None: ...
 
     async def ping(self) -> None:
-        """Raise ``StoreUnavailable`` unless the store answers a trivial query."""
+        """Raise ``StoreUnavailableError`` unless the store answers a trivial query."""
         ...
 
     async def get(self, session_id: str) -> Session | None: ...

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from sidecar.errors import InvalidToken
+from sidecar.errors import InvalidTokenError
 
 # RFC 6750: credentials = "Bearer" 1*SP b64token. The scheme is case-insensitive
 # (RFC 9110 section 11.1); we also accept several spaces, and nothing else.
@@ -19,13 +19,13 @@ def extract_bearer(values: Sequence[str], max_bytes: int) -> str:
     that every odd spelling has exactly one defined result (SECURITY_CASES A14, B21).
     """
     if not values:
-        raise InvalidToken("missing_token")
+        raise InvalidTokenError("missing_token")
     if len(values) > 1:
-        raise InvalidToken("duplicate_authorization")
+        raise InvalidTokenError("duplicate_authorization")
     value = values[0].strip(" \t")
     if len(value) > max_bytes + 16:
-        raise InvalidToken("oversized_token", f"{len(value)} bytes")
+        raise InvalidTokenError("oversized_token", f"{len(value)} bytes")
     m = _BEARER.fullmatch(value)
     if m is None:
-        raise InvalidToken("not_bearer")
+        raise InvalidTokenError("not_bearer")
     return m.group(1)

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sidecar.errors import InvalidToken
+from sidecar.errors import InvalidTokenError
 
 if TYPE_CHECKING:  # the settings type only: sidecar.config itself imports token policy
     from sidecar.config import JwtSettings
@@ -68,17 +68,17 @@ class Claims:
 def _number(payload: Mapping[str, Any], name: str, *, required: bool) -> float | None:
     if name not in payload:
         if required:
-            raise InvalidToken(f"missing_{name}")
+            raise InvalidTokenError(f"missing_{name}")
         return None
     v = payload[name]
     # NumericDate is a JSON number (RFC 7519 section 2); bool is not one, nor is 1e400.
     if isinstance(v, bool) or not isinstance(v, int | float):
-        raise InvalidToken(f"bad_{name}", type(v).__name__)
+        raise InvalidTokenError(f"bad_{name}", type(v).__name__)
     # Compare before converting: a huge int must not become a float (or raise) first.
     if isinstance(v, float) and not math.isfinite(v):
-        raise InvalidToken(f"bad_{name}", "not finite")
+        raise InvalidTokenError(f"bad_{name}", "not finite")
     if not -MAX_NUMERIC_DATE <= v <= MAX_NUMERIC_DATE:
-        raise InvalidToken(f"bad_{name}", "beyond year 9999")
+        raise InvalidTokenError(f"bad_{name}", "beyond year 9999")
     return float(v)
 
 
@@ -87,7 +87,7 @@ def _identifier(value: Any, what: str) -> str:
         return str(value)
     if isinstance(value, str) and _IDENTIFIER.fullmatch(value):
         return value
-    raise InvalidToken(f"bad_{what}", "must be visible ASCII, 1-255 characters")
+    raise InvalidTokenError(f"bad_{what}", "must be visible ASCII, 1-255 characters")
 
 
 def _audiences(value: Any) -> list[str]:
@@ -95,7 +95,7 @@ def _audiences(value: Any) -> list[str]:
         return [value]
     if isinstance(value, list) and value and all(isinstance(a, str) for a in value):
         return value
-    raise InvalidToken("bad_aud")
+    raise InvalidTokenError("bad_aud")
 
 
 def canonical_hash(payload: Mapping[str, Any]) -> str:
@@ -105,14 +105,14 @@ def canonical_hash(payload: Mapping[str, Any]) -> str:
 
 
 def read_claims(payload: Mapping[str, Any], settings: JwtSettings) -> Claims:
-    """Check the time-independent rules and extract the identity, or raise InvalidToken.
+    """Check the time-independent rules and extract the identity, or raise InvalidTokenError.
 
     Time rules (exp/nbf/iat against the clock) are checked by ``Claims.time_error`` on
     every use, so a cached ``Claims`` is re-checked each time it is served.
     """
     expires_at = _number(payload, "exp", required=True)  # RFC 8725 3.10: always require exp
     if expires_at is None:  # unreachable (required=True raises), but not an assert: -O drops those
-        raise InvalidToken("missing_exp")
+        raise InvalidTokenError("missing_exp")
     not_before = _number(payload, "nbf", required=False)
     issued_at = _number(payload, "iat", required=False)
 
@@ -120,23 +120,23 @@ def read_claims(payload: Mapping[str, Any], settings: JwtSettings) -> Claims:
         # RFC 7519 4.1.1: exact, case-sensitive string comparison; no partial match.
         iss = payload.get("iss")
         if not isinstance(iss, str) or iss != settings.issuer:
-            raise InvalidToken("wrong_issuer")
+            raise InvalidTokenError("wrong_issuer")
     if "aud" in payload or settings.audience:
         # RFC 7519 4.1.3: a token naming audiences must name us, and when we expect an
         # audience, a token without one is refused.
         if "aud" not in payload:
-            raise InvalidToken("missing_aud")
+            raise InvalidTokenError("missing_aud")
         token_aud = _audiences(payload["aud"])
         if not settings.audience:
-            raise InvalidToken("unexpected_aud", "set jwt.audience to accept tokens that carry aud")
+            raise InvalidTokenError("unexpected_aud", "set jwt.audience to accept tokens that carry aud")
         if not any(a in settings.audience for a in token_aud):
-            raise InvalidToken("wrong_audience")
+            raise InvalidTokenError("wrong_audience")
     # Only access tokens open the gate; a refresh token never does (RFC 8725 3.11).
     if settings.token_type_claim is not None and payload.get(settings.token_type_claim) != settings.access_token_type:
-        raise InvalidToken("wrong_token_type")
+        raise InvalidTokenError("wrong_token_type")
 
     if settings.user_claim not in payload:
-        raise InvalidToken("missing_user")
+        raise InvalidTokenError("missing_user")
     user_id = _identifier(payload[settings.user_claim], "user")
 
     if settings.session_claim in payload:

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from sidecar.clock import Clock
-from sidecar.errors import KeysUnavailable
+from sidecar.errors import KeysUnavailableError
 from sidecar.tokens.keys import VerificationKey, keys_from_jwks
 
 log = logging.getLogger(__name__)
@@ -69,10 +69,10 @@ class JwksKeys:
                 body = await self._fetch(self.url)
                 document = json.loads(body)
                 keys, problems = keys_from_jwks(document, self._algorithms)
-            except KeysUnavailable:
+            except KeysUnavailableError:
                 raise
             except (ValueError, RecursionError) as e:
-                raise KeysUnavailable(f"JWKS at {self.url} is not a usable document: {e}") from e
+                raise KeysUnavailableError(f"JWKS at {self.url} is not a usable document: {e}") from e
             for p in problems:
                 log.warning("jwks: skipped a key: %s", p)
             old = {_identity(k) for k in self._keys}
@@ -96,7 +96,7 @@ class JwksKeys:
     async def _refresh_quietly(self) -> None:
         try:
             await self.refresh()
-        except KeysUnavailable as e:
+        except KeysUnavailableError as e:
             log.warning("jwks: refresh failed: %s", e)
 
     def refresh_if_stale(self) -> None:

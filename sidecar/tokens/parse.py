@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from sidecar.errors import InvalidToken
+from sidecar.errors import InvalidTokenError
 
 _SEGMENT = re.compile(rb"[A-Za-z0-9_-]*={0,2}")
 _FROM_URLSAFE = bytes.maketrans(b"-_", b"+/")
@@ -37,21 +37,21 @@ def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         seen: set[str] = set()
         for k, _ in pairs:
             if k in seen:
-                raise InvalidToken("duplicate_json_key", k[:40])
+                raise InvalidTokenError("duplicate_json_key", k[:40])
             seen.add(k)
     return out
 
 
 def _reject_constant(name: str) -> Any:
     # NaN, Infinity, -Infinity are not JSON (RFC 8259 section 6).
-    raise InvalidToken("non_json_number", name)
+    raise InvalidTokenError("non_json_number", name)
 
 
 def _finite_float(text: str) -> float:
     # 1e400 parses to inf in Python: not a number any JSON peer agrees on (RFC 8259 section 6).
     value = float(text)
     if not math.isfinite(value):
-        raise InvalidToken("non_json_number", text[:40])
+        raise InvalidTokenError("non_json_number", text[:40])
     return value
 
 
@@ -70,20 +70,20 @@ def _too_deep(value: Any) -> bool:
 
 def _b64decode(segment: bytes, what: str) -> bytes:
     if not _SEGMENT.fullmatch(segment):
-        raise InvalidToken("malformed", f"{what} is not base64url")
+        raise InvalidTokenError("malformed", f"{what} is not base64url")
     stripped = segment.rstrip(b"=")
     if len(stripped) % 4 == 1:
-        raise InvalidToken("malformed", f"{what} has an impossible length")
+        raise InvalidTokenError("malformed", f"{what} has an impossible length")
     # The alphabet was checked above, so binascii sees standard base64 and nothing else.
     standard = stripped.translate(_FROM_URLSAFE)
     try:
         data = binascii.a2b_base64(standard + b"=" * (-len(stripped) % 4))
     except (binascii.Error, ValueError) as e:
-        raise InvalidToken("malformed", f"{what} is not base64url") from e
+        raise InvalidTokenError("malformed", f"{what} is not base64url") from e
     # Canonical encoding only: trailing bits must be zero (no two spellings of one value
     # beyond the optional padding).
     if binascii.b2a_base64(data, newline=False).rstrip(b"=") != standard:
-        raise InvalidToken("malformed", f"{what} is not canonical base64url")
+        raise InvalidTokenError("malformed", f"{what} is not canonical base64url")
     return data
 
 
@@ -97,16 +97,16 @@ def _json_object(data: bytes, what: str) -> dict[str, Any]:
     try:
         text = data.decode("utf-8")
         value = _DECODER.decode(text)
-    except InvalidToken:
+    except InvalidTokenError:
         raise
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise InvalidToken("malformed", f"{what} is not JSON") from e
+        raise InvalidTokenError("malformed", f"{what} is not JSON") from e
     if not isinstance(value, dict):
-        raise InvalidToken("malformed", f"{what} is not a JSON object")
+        raise InvalidTokenError("malformed", f"{what} is not a JSON object")
     # Nesting deeper than MAX_JSON_DEPTH needs more opening brackets than that: most
     # documents are cleared by counting, without walking them.
     if text.count("{") + text.count("[") > MAX_JSON_DEPTH and _too_deep(value):
-        raise InvalidToken("malformed", f"{what} is nested deeper than {MAX_JSON_DEPTH} levels")
+        raise InvalidTokenError("malformed", f"{what} is nested deeper than {MAX_JSON_DEPTH} levels")
     return value
 
 
@@ -137,11 +137,11 @@ def parse_compact(token: str, header_cache: HeaderCache | None = None) -> Parsed
     try:
         raw = token.encode("ascii")
     except UnicodeEncodeError as e:
-        raise InvalidToken("malformed", "token is not ASCII") from e
+        raise InvalidTokenError("malformed", "token is not ASCII") from e
     parts = raw.split(b".")
     if len(parts) != 3:
         # Five parts is a JWE (RFC 7516); we verify signed tokens only.
-        raise InvalidToken("malformed", f"{len(parts)} segments")
+        raise InvalidTokenError("malformed", f"{len(parts)} segments")
     header_b64, payload_b64, signature_b64 = parts
     header = _header(header_b64, header_cache)
     payload = _json_object(_b64decode(payload_b64, "payload"), "payload")

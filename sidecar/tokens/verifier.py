@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from sidecar.clock import Clock
-from sidecar.errors import InvalidToken
+from sidecar.errors import InvalidTokenError
 from sidecar.lru import LRU
 from sidecar.tokens.bearer import extract_bearer
 from sidecar.tokens.claims import Claims, read_claims
@@ -54,7 +54,7 @@ class TokenVerifier:
     def _check_time(self, claims: Claims) -> Claims:
         reason = claims.time_error(self._clock.wall(), self.settings.leeway_seconds)
         if reason is not None:
-            raise InvalidToken(reason)
+            raise InvalidTokenError(reason)
         return claims
 
     def _hit(self, digest: bytes) -> Claims | None:
@@ -74,7 +74,7 @@ class TokenVerifier:
 
     def cached(self, token: str) -> Claims | None:
         """The claims of ``token`` when it was verified before (the time rules checked
-        again: raises ``InvalidToken`` once it has expired), else None: call ``verify``.
+        again: raises ``InvalidTokenError`` once it has expired), else None: call ``verify``.
 
         ``verify_bearer`` calls this first with the text after ``Bearer `` so that a known
         token costs one hash and one dict lookup; whatever it does not know goes the full
@@ -86,7 +86,7 @@ class TokenVerifier:
 
     async def verify_bearer(self, authorization: Sequence[str]) -> Claims:
         """The verified claims of the bearer token in ``authorization`` (every Authorization
-        header received), or ``InvalidToken``.
+        header received), or ``InvalidTokenError``.
 
         A header that is exactly ``Bearer <token>`` with a token verified before costs one
         hash and one lookup; anything else (a new token, two headers, odd spacing) is read in
@@ -101,11 +101,11 @@ class TokenVerifier:
         return await self.verify(extract_bearer(authorization, self.settings.max_token_bytes))
 
     async def verify(self, token: str) -> Claims:
-        """Return the claims of a valid token or raise ``InvalidToken`` (never anything else)."""
+        """Return the claims of a valid token or raise ``InvalidTokenError`` (never anything else)."""
         if len(token) > self.settings.max_token_bytes:
-            raise InvalidToken("oversized_token", f"{len(token)} bytes")
+            raise InvalidTokenError("oversized_token", f"{len(token)} bytes")
         if not token.isascii():
-            raise InvalidToken("malformed", "token is not ASCII")
+            raise InvalidTokenError("malformed", "token is not ASCII")
         digest = hashlib.sha256(token.encode("ascii")).digest()
         claims = self._hit(digest)
         if claims is not None:
@@ -117,26 +117,26 @@ class TokenVerifier:
         alg = header.get("alg")
         # RFC 8725 3.1: the algorithm must be one we pinned, spelled exactly; "none" never is.
         if not isinstance(alg, str) or alg not in self.settings.algorithms:
-            raise InvalidToken("alg_not_allowed", repr(alg)[:40])
+            raise InvalidTokenError("alg_not_allowed", repr(alg)[:40])
         # RFC 7515 4.1.11: a critical extension we do not understand makes the token invalid;
         # we understand none.
         if "crit" in header:
-            raise InvalidToken("unsupported_crit")
+            raise InvalidTokenError("unsupported_crit")
         if "b64" in header:
-            raise InvalidToken("unsupported_b64")  # RFC 7797 unencoded payloads are not JWTs
+            raise InvalidTokenError("unsupported_b64")  # RFC 7797 unencoded payloads are not JWTs
         kid = header.get("kid")
         # RFC 7515 4.1.4: kid is a string; a present but null kid is refused, not ignored.
         if "kid" in header and (not isinstance(kid, str) or not 0 < len(kid) <= MAX_KID_LENGTH):
-            raise InvalidToken("bad_kid")
+            raise InvalidTokenError("bad_kid")
         # jku, x5u, jwk and x5c are deliberately never read: keys come from configuration.
 
         keys = list(self._static.get(alg, ()))
         if self._jwks is not None:
             keys.extend(await self._jwks.keys_for(alg, kid))
         if not keys:
-            raise InvalidToken("no_key", f"alg={alg}")
+            raise InvalidTokenError("no_key", f"alg={alg}")
         if not any(k.verify(parsed.signing_input, parsed.signature) for k in keys):
-            raise InvalidToken("bad_signature")
+            raise InvalidTokenError("bad_signature")
 
         claims = self._check_time(read_claims(parsed.payload, self.settings))
         if not self._told_unkeyed and claims.session_key.startswith("sha256:"):

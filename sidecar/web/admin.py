@@ -14,7 +14,7 @@ from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from sidecar.enrich.client_ip import IPAddress, parse_address
-from sidecar.errors import InvalidToken, SessionRejected
+from sidecar.errors import InvalidTokenError, SessionRejectedError
 from sidecar.sessions.service import ClientInfo
 from sidecar.web import audit, oauth2
 from sidecar.web.api import NOT_FOUND, session_id_from
@@ -136,12 +136,12 @@ async def register_session(request: web.Request) -> web.Response:
     user_agent = _user_agent(body.get("user_agent"))
     try:
         claims = await services.verifier.verify(token)
-    except InvalidToken as e:
+    except InvalidTokenError as e:
         log.info("admin: registration refused, token invalid (%s)", e.reason)
         raise ApiError(422, "Token is not valid") from e
     try:
         session, created = await services.sessions.register(claims, ClientInfo(ip=ip, user_agent=user_agent))
-    except SessionRejected as e:
+    except SessionRejectedError as e:
         log.info("admin: registration refused (%s) for user %s", e.reason, claims.user_id)
         raise ApiError(409, "Session is revoked") from e
     if created:

@@ -21,8 +21,8 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from sidecar.capture.learn import Capture
-from sidecar.capture.places import AmbiguousToken, CaptureRoute, token_in_answer, token_in_request
-from sidecar.errors import StoreUnavailable
+from sidecar.capture.places import AmbiguousTokenError, CaptureRoute, token_in_answer, token_in_request
+from sidecar.errors import StoreUnavailableError
 from sidecar.sessions.models import Session
 from sidecar.sessions.service import ClientInfo
 from sidecar.web import audit
@@ -93,7 +93,7 @@ def handler(route: CaptureRoute, learn: Capture) -> Callable[[web.Request], Coro
         try:
             if route.refresh_token is not None and route.event in ("refresh", "logout"):
                 presented_refresh = token_in_request(route.refresh_token, request_headers, body)
-        except AmbiguousToken:
+        except AmbiguousTokenError:
             log.info("capture: %s %s refused: two different refresh tokens presented", request.method, route.path)
             return error(400, "Two different refresh tokens presented")
 
@@ -102,7 +102,7 @@ def handler(route: CaptureRoute, learn: Capture) -> Callable[[web.Request], Coro
             try:
                 session = await learn.session_of_refresh(presented_refresh)
                 why = await learn.refused(session) if session is not None else None
-            except StoreUnavailable as e:
+            except StoreUnavailableError as e:
                 log.error("capture: refresh refused, session state unknown: %s", e)
                 return error(503, "Session store unavailable, try again", {"Retry-After": "1"})
             if session is not None and why is not None:
@@ -144,7 +144,7 @@ def handler(route: CaptureRoute, learn: Capture) -> Callable[[web.Request], Coro
                 learn, route, request, answer_headers=answer_headers, answer_body=answer_body,
                 presented_refresh=presented_refresh, session=session, client=client,
             )
-        except StoreUnavailable as e:
+        except StoreUnavailableError as e:
             # The auth service already answered yes: the client gets its answer; the token
             # will be judged (and, in auto mode, registered) when it is first used.
             log.error("capture: %s %s answered, but nothing could be recorded: %s", request.method, route.path, e)
@@ -170,7 +170,7 @@ async def _learn(
     try:
         access = token_in_answer(route.access_token, by_name, body) if route.access_token else None
         refresh = token_in_answer(route.refresh_token, by_name, body) if route.refresh_token else None
-    except AmbiguousToken:
+    except AmbiguousTokenError:
         log.warning("capture: %s answer carries two different tokens in one place: nothing bound", route.path)
         return
     services = request.app[SERVICES]

@@ -10,7 +10,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from sidecar.errors import InvalidToken, StoreUnavailable
+from sidecar.errors import InvalidTokenError, StoreUnavailableError
 from sidecar.logs import REQUEST_ID
 from sidecar.sessions.models import Session
 
@@ -104,10 +104,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return await handler(request)
     except ApiError as e:
         return error(e.status, e.message, e.headers)
-    except InvalidToken as e:
+    except InvalidTokenError as e:
         log.info("api: token refused (%s) %s %s", e.reason, request.method, request.path)
         return error(401, "Invalid or missing token", {"WWW-Authenticate": BEARER_CHALLENGE})
-    except StoreUnavailable as e:
+    except StoreUnavailableError as e:
         log.error("api: store unavailable on %s %s: %s", request.method, request.path, e)
         return error(503, "Session store unavailable, try again", {"Retry-After": "1"})
     except web.HTTPException as e:

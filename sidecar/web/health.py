@@ -7,7 +7,7 @@ import os
 
 from aiohttp import web
 
-from sidecar.errors import StoreUnavailable
+from sidecar.errors import StoreUnavailableError
 from sidecar.web.keys import SERVICES
 
 log = logging.getLogger(__name__)
@@ -26,7 +26,7 @@ async def readyz(request: web.Request) -> web.Response:
     try:
         await services.store.ping()
         checks["store"] = "ok"
-    except StoreUnavailable as e:
+    except StoreUnavailableError as e:
         log.warning("readyz: store unavailable: %s", e)
         checks["store"] = "unavailable"
     if services.push is not None:

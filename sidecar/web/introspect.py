@@ -13,7 +13,7 @@ import time
 
 from aiohttp import web
 
-from sidecar.errors import InvalidToken, StoreUnavailable
+from sidecar.errors import InvalidTokenError, StoreUnavailableError
 from sidecar.logs import REQUEST_ID
 from sidecar.routes import Policy, RouteTable
 from sidecar.web.envelope import BEARER_CHALLENGE
@@ -143,11 +143,11 @@ class Check:
                     return web.Response(status=200, headers=_OPTIONAL_HEADERS)
             try:
                 claims, session_id = await authenticate_with(request, services)
-            except InvalidToken as e:
+            except InvalidTokenError as e:
                 log.info("check: deny %s: %s", e.reason, _context(request))
                 stats.deny(e.reason)
                 return deny()
-            except StoreUnavailable as e:
+            except StoreUnavailableError as e:
                 log.error("check: deny, session state unknown (%s): %s", e, _context(request))
                 stats.deny("store_unavailable")
                 return deny()

@@ -21,7 +21,7 @@ from urllib.parse import parse_qsl
 
 from aiohttp import web
 
-from sidecar.errors import InvalidToken, SessionRejected, StoreUnavailable
+from sidecar.errors import InvalidTokenError, SessionRejectedError, StoreUnavailableError
 from sidecar.sessions.service import ClientInfo
 from sidecar.tokens.parse import parse_compact
 from sidecar.web import audit
@@ -54,36 +54,36 @@ def oauth_error(status: int, code: str, headers: dict[str, str] | None = None) -
     )
 
 
-class _BadRequest(Exception):
+class _BadRequestError(Exception):
     def __init__(self, status: int = 400) -> None:
         self.status = status
 
 
 async def _form(request: web.Request) -> dict[str, str]:
     """The form parameters; a parameter given twice, another media type, a body over
-    MAX_FORM or one that is not UTF-8 is a ``_BadRequest`` (RFC 6749 section 3.1: parameters
+    MAX_FORM or one that is not UTF-8 is a ``_BadRequestError`` (RFC 6749 section 3.1: parameters
     MUST NOT be included more than once)."""
     if request.content_type != "application/x-www-form-urlencoded":
-        raise _BadRequest()
+        raise _BadRequestError()
     if request.content_length is not None and request.content_length > MAX_FORM:
-        raise _BadRequest(413)
+        raise _BadRequestError(413)
     raw = await request.content.read(MAX_FORM + 1)
     if len(raw) > MAX_FORM:
-        raise _BadRequest(413)
+        raise _BadRequestError(413)
     try:
         pairs = parse_qsl(raw.decode("utf-8"), keep_blank_values=True, errors="strict", max_num_fields=16)
     except (UnicodeDecodeError, ValueError) as e:
-        raise _BadRequest() from e
+        raise _BadRequestError() from e
     form = dict(pairs)
     if len(form) != len(pairs):
-        raise _BadRequest()
+        raise _BadRequestError()
     return form
 
 
 async def _token(request: web.Request) -> str | web.Response:
     try:
         form = await _form(request)
-    except _BadRequest as e:
+    except _BadRequestError as e:
         return oauth_error(e.status, "invalid_request")
     token = form.get("token")
     if token is None:
@@ -106,10 +106,10 @@ async def introspect(request: web.Request) -> web.Response:
     try:
         claims = await services.verifier.verify(token)
         session_id = await services.sessions.check(claims, lambda: _NO_CLIENT)
-    except InvalidToken as e:
+    except InvalidTokenError as e:
         log.info("oauth2: introspection inactive (%s)", e.reason)
         return _inactive()
-    except StoreUnavailable as e:
+    except StoreUnavailableError as e:
         # The check denies when the state is unknown; so does introspection (fail closed).
         log.error("oauth2: introspection inactive, session state unknown (%s)", e)
         return _inactive()
@@ -132,7 +132,7 @@ async def revoke(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     try:
         claims = await services.verifier.verify(token)
-    except InvalidToken as e:
+    except InvalidTokenError as e:
         log.info("oauth2: revocation of an invalid token (%s): nothing to do", e.reason)
         return web.Response(status=200, headers=_NO_STORE)
     try:
@@ -141,13 +141,13 @@ async def revoke(request: web.Request) -> web.Response:
         if session is None:
             try:
                 session, _ = await services.sessions.register(claims, _NO_CLIENT)
-            except SessionRejected as e:  # already revoked, or cut off: refused either way
+            except SessionRejectedError as e:  # already revoked, or cut off: refused either way
                 log.info("oauth2: revocation of a refused token (%s): nothing to do", e.reason)
                 return web.Response(status=200, headers=_NO_STORE)
         if session.revoked_at is not None:
             return web.Response(status=200, headers=_NO_STORE)  # revoked before: nothing new to record
         revoked = await services.sessions.revoke(session.id, None)
-    except StoreUnavailable as e:
+    except StoreUnavailableError as e:
         log.error("oauth2: revocation not committed, store unavailable: %s", e)
         return oauth_error(503, "temporarily_unavailable", {"Retry-After": "1"})
     if revoked is not None:

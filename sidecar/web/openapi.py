@@ -374,7 +374,7 @@ def _components() -> dict[str, Any]:
                 "More sessions API requests from this client address than `server.api_rate_limit_per_minute`.",
                 {"Retry-After": _header("RetryAfter")},
             ),
-            "StoreUnavailable": _error(
+            "StoreUnavailableError": _error(
                 503,
                 "Session store unavailable, try again",
                 "The session store could not answer or commit; nothing was changed.",
@@ -436,7 +436,7 @@ def build_document() -> dict[str, Any]:
                     "400": _response("InvalidPage"),
                     "401": _response("Unauthorized"),
                     "429": _response("RateLimited"),
-                    "503": _response("StoreUnavailable"),
+                    "503": _response("StoreUnavailableError"),
                 },
             },
             "delete": {
@@ -453,7 +453,7 @@ def build_document() -> dict[str, Any]:
                     "401": _response("Unauthorized"),
                     "403": _response("CrossSite"),
                     "429": _response("RateLimited"),
-                    "503": _response("StoreUnavailable"),
+                    "503": _response("StoreUnavailableError"),
                 },
             },
         },
@@ -470,7 +470,7 @@ def build_document() -> dict[str, Any]:
                     "401": _response("Unauthorized"),
                     "404": _response("SessionNotFound"),
                     "429": _response("RateLimited"),
-                    "503": _response("StoreUnavailable"),
+                    "503": _response("StoreUnavailableError"),
                 },
             },
             "delete": {
@@ -486,7 +486,7 @@ def build_document() -> dict[str, Any]:
                     "403": _response("CrossSite"),
                     "404": _response("SessionNotFound"),
                     "429": _response("RateLimited"),
-                    "503": _response("StoreUnavailable"),
+                    "503": _response("StoreUnavailableError"),
                 },
             },
         },

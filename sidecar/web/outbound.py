@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import aiohttp
 
-from sidecar.errors import KeysUnavailable
+from sidecar.errors import KeysUnavailableError
 from sidecar.tokens.jwks import Fetch
 
 MAX_JWKS_BYTES = 1024 * 1024
@@ -22,12 +22,12 @@ def jwks_fetcher(session: aiohttp.ClientSession, timeout_seconds: float = 5.0) -
                 headers={"Accept": "application/json"},
             ) as resp:
                 if resp.status != 200:
-                    raise KeysUnavailable(f"JWKS {url} answered HTTP {resp.status}")
+                    raise KeysUnavailableError(f"JWKS {url} answered HTTP {resp.status}")
                 body = await resp.content.read(MAX_JWKS_BYTES + 1)
                 if len(body) > MAX_JWKS_BYTES:
-                    raise KeysUnavailable(f"JWKS {url} is larger than {MAX_JWKS_BYTES} bytes")
+                    raise KeysUnavailableError(f"JWKS {url} is larger than {MAX_JWKS_BYTES} bytes")
                 return body
         except (TimeoutError, aiohttp.ClientError) as e:
-            raise KeysUnavailable(f"JWKS {url} unreachable: {e!r}") from e
+            raise KeysUnavailableError(f"JWKS {url} unreachable: {e!r}") from e
 
     return fetch

@@ -13,7 +13,7 @@ from aiohttp import web
 from sidecar.config import Settings
 from sidecar.cookies import request_cookie_values
 from sidecar.enrich.client_ip import client_ip
-from sidecar.errors import InvalidToken
+from sidecar.errors import InvalidTokenError
 from sidecar.sessions.service import ClientInfo
 from sidecar.tokens.bearer import extract_bearer
 from sidecar.tokens.claims import Claims
@@ -51,7 +51,7 @@ def presented_token(request: web.BaseRequest, settings: Settings) -> str | None:
         if settings.jwt.cookie_name is None:
             return None
         _, token = _cookie_token(request, settings.jwt.cookie_name, settings.jwt.max_token_bytes)
-    except InvalidToken:
+    except InvalidTokenError:
         return None
     return token
 
@@ -85,16 +85,16 @@ def _cookie_token(request: web.BaseRequest, name: str, max_bytes: int) -> tuple[
         return authorization, None
     token = values[0]
     if any(v != token for v in values):
-        raise InvalidToken("duplicate_cookie")
+        raise InvalidTokenError("duplicate_cookie")
     if len(token) > max_bytes + 16:
-        raise InvalidToken("oversized_token", f"{len(token)} bytes")
+        raise InvalidTokenError("oversized_token", f"{len(token)} bytes")
     if authorization and extract_bearer(authorization, max_bytes) != token:
-        raise InvalidToken("cookie_header_mismatch")
+        raise InvalidTokenError("cookie_header_mismatch")
     return authorization, token
 
 
 async def request_claims(request: web.BaseRequest, services: Services) -> Claims:
-    """The verified claims of the request's token, or ``InvalidToken``: the Authorization
+    """The verified claims of the request's token, or ``InvalidTokenError``: the Authorization
     header's bearer token; without a header, the ``jwt.cookie_name`` cookie when set."""
     name = services.settings.jwt.cookie_name
     if name is None:
@@ -108,8 +108,8 @@ async def request_claims(request: web.BaseRequest, services: Services) -> Claims
 async def authenticate_with(request: web.BaseRequest, services: Services) -> tuple[Claims, str]:
     """Verify the request's token (``request_claims``) and its session: (claims, session id).
 
-    What the gateway check and the sessions API both decide; raises InvalidToken /
-    StoreUnavailable.
+    What the gateway check and the sessions API both decide; raises InvalidTokenError /
+    StoreUnavailableError.
     """
     if services.settings.jwt.cookie_name is None:
         # The check's hot path: no extra coroutine when no cookie is configured.

@@ -15,7 +15,7 @@ from sidecar.clock import Clock, SystemClock
 from sidecar.config import Settings
 from sidecar.enrich.device import DeviceParser
 from sidecar.enrich.geo import GeoLocator
-from sidecar.errors import KeysUnavailable, StoreUnavailable
+from sidecar.errors import KeysUnavailableError, StoreUnavailableError
 from sidecar.metrics import SESSIONS_COUNT_SECONDS, Metrics
 from sidecar.revocation import RedisPush
 from sidecar.sessions import SessionStore, store_from_settings
@@ -55,7 +55,7 @@ async def count_sessions(services: Services) -> None:
     """Set the sessions_active gauge; a store that cannot answer leaves it as it was."""
     try:
         services.metrics.sessions_active.set(await services.store.count_active(services.clock.wall()))
-    except StoreUnavailable as e:
+    except StoreUnavailableError as e:
         log.warning("metrics: could not count active sessions: %s", e)
 
 
@@ -90,7 +90,7 @@ async def open_services(settings: Settings, clock: Clock | None = None) -> Async
             stack.push_async_callback(jwks.close)
             try:
                 await jwks.refresh()
-            except KeysUnavailable as e:
+            except KeysUnavailableError as e:
                 # Start anyway: tokens are refused until the keys arrive; /readyz says so.
                 log.error("jwks: initial fetch failed: %s", e)
         verifier = TokenVerifier(settings.jwt, clock, jwks)

@@ -1,6 +1,6 @@
 """Fuzz target ``bearer``: ``extract_bearer`` and the cached shortcut of ``TokenVerifier.verify_bearer``.
 
-Contract: ``extract_bearer`` returns one token or raises ``InvalidToken``, nothing else;
+Contract: ``extract_bearer`` returns one token or raises ``InvalidTokenError``, nothing else;
 a token comes only from a single header value, is a substring of it, and is exactly
 what a plain regular expression of RFC 6750 section 2.1 (scheme in any case, one or more
 spaces, a b64token, surrounding spaces and tabs) reads from it within the size limit.
@@ -26,7 +26,7 @@ import atheris
 with atheris.instrument_imports(include=["sidecar"]):
     from sidecar.clock import ManualClock
     from sidecar.config import Settings
-    from sidecar.errors import InvalidToken
+    from sidecar.errors import InvalidTokenError
     from sidecar.tokens.bearer import extract_bearer
     from sidecar.tokens.claims import Claims
     from sidecar.tokens.verifier import TokenVerifier
@@ -89,7 +89,7 @@ def header_value(fdp: atheris.FuzzedDataProvider) -> str:
 def outcome(decide: object) -> Claims | str:
     try:
         return run_sync(decide)  # type: ignore[arg-type]
-    except InvalidToken:
+    except InvalidTokenError:
         return "refused"
 
 
@@ -101,13 +101,13 @@ def test_one_input(data: bytes) -> None:
     fdp = atheris.FuzzedDataProvider(data)
     max_bytes = fdp.PickValueInList([8192, 0, 16, 64, 300])
     if fdp.ConsumeBool():  # verified directly first, as POST /admin/v1/sessions and a captured login do
-        with contextlib.suppress(InvalidToken):
+        with contextlib.suppress(InvalidTokenError):
             run_sync(SERVICES.verifier.verify(text(fdp, 40, TOKENS)))
     values = [header_value(fdp) for _ in range(fdp.PickValueInList([1, 1, 1, 0, 2, 3]))]
 
     try:
         found = extract_bearer(values, max_bytes)
-    except InvalidToken:
+    except InvalidTokenError:
         found = None
     m = ORACLE.fullmatch(values[0]) if len(values) == 1 else None
     expected = m.group(1) if m and len(values[0].strip(" \t")) <= max_bytes + 16 else None

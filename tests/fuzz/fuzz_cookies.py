@@ -3,7 +3,7 @@
 Contract: ``set_cookie_values`` and ``request_cookie_values`` never raise; every name they
 return is a non-empty, trimmed substring of one header and every value a substring of
 that header (``Set-Cookie``: never empty). ``token_in_answer`` / ``token_in_request`` raise
-nothing but ``AmbiguousToken`` and return None or one non-empty ASCII token of at most
+nothing but ``AmbiguousTokenError`` and return None or one non-empty ASCII token of at most
 ``MAX_TOKEN_CHARS``, found literally in a header of its place (or, for a body place, the
 top-level JSON string under its key). ``refresh_key`` never raises, answers ``sid:...`` or
 ``rt:<sha256>``, and gives a JWT the same key however its segments are "="-padded.
@@ -21,13 +21,13 @@ with atheris.instrument_imports(include=["sidecar"]):
     from sidecar.capture.learn import refresh_key
     from sidecar.capture.places import (
         MAX_TOKEN_CHARS,
-        AmbiguousToken,
+        AmbiguousTokenError,
         TokenPlace,
         token_in_answer,
         token_in_request,
     )
     from sidecar.cookies import request_cookie_values, set_cookie_values
-    from sidecar.errors import InvalidToken
+    from sidecar.errors import InvalidTokenError
     from sidecar.tokens.parse import parse_compact
 
 from tests.fuzz.common import fuzz, text
@@ -101,7 +101,7 @@ def test_one_input(data: bytes) -> None:
         given_body = None if find is token_in_answer and fdp.ConsumeIntInRange(0, 5) == 0 else body  # None: unreadable
         try:
             token = find(place, heads, given_body)  # type: ignore[arg-type]  # None: an unreadable answer body
-        except AmbiguousToken:
+        except AmbiguousTokenError:
             continue
         check_token(token, place, sources, given_body)
 
@@ -112,7 +112,7 @@ def test_one_input(data: bytes) -> None:
     other = repadded(fdp, token)
     try:
         parse_compact(token), parse_compact(other)
-    except InvalidToken:
+    except InvalidTokenError:
         return
     assert refresh_key(other, "sid") == key, f"{token!r} and {other!r} differ only in padding, not in key"
 

@@ -1,8 +1,8 @@
 """Fuzz target ``tokens``: ``parse_compact`` and ``TokenVerifier.verify`` against the oracle of tests/test_properties.py.
 
 Contract: ``verify`` returns claims exactly for the tokens the independent oracle finds
-valid, with the oracle's values, and refuses every other one with ``InvalidToken``;
-``parse_compact`` raises nothing but ``InvalidToken`` and accepts nothing whose encoding
+valid, with the oracle's values, and refuses every other one with ``InvalidTokenError``;
+``parse_compact`` raises nothing but ``InvalidTokenError`` and accepts nothing whose encoding
 the documented rules refuse. Nothing else is ever raised.
 
 The oracle (``tests.test_properties.judge``) takes a token's header and payload bytes and
@@ -30,7 +30,7 @@ import atheris
 
 with atheris.instrument_imports(include=["sidecar"]):
     from sidecar.clock import ManualClock
-    from sidecar.errors import InvalidToken
+    from sidecar.errors import InvalidTokenError
     from sidecar.tokens.parse import parse_compact
     from sidecar.tokens.verifier import TokenVerifier
 
@@ -300,14 +300,14 @@ def test_one_input(data: bytes) -> None:
 
     try:
         parse_compact(token)
-    except InvalidToken:
+    except InvalidTokenError:
         pass
     else:
         assert reading.encoding_ok, f"parse_compact accepted a token the encoding rules refuse: {token!r:.300}"
 
     try:
         claims = run_sync(VERIFIER.verify(token))
-    except InvalidToken as e:
+    except InvalidTokenError as e:
         assert not isinstance(verdict, Verdict), f"refused ({e}) a token the oracle accepts: {reading!r}"
         return
     assert isinstance(verdict, Verdict), f"accepted a token the oracle refuses ({verdict}): {reading!r}\n{claims}"

@@ -20,7 +20,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from sidecar.clock import ManualClock
-from sidecar.errors import SessionRejected, StoreUnavailable
+from sidecar.errors import SessionRejectedError, StoreUnavailableError
 from sidecar.revocation import Coalesced, RedisPush, decode, encode
 from sidecar.revocation.redis_push import MAX_MESSAGE_BYTES
 from sidecar.sessions import Changes, Cutoff, Session
@@ -279,7 +279,7 @@ async def test_a_message_makes_the_process_read_the_store(wired: Wired) -> None:
     await wired.publish(encode([], None))
     await wired.received(1)
     await wired.settled()
-    with pytest.raises(SessionRejected, match="revoked"):
+    with pytest.raises(SessionRejectedError, match="revoked"):
         await wired.sessions.check(claims(), CLIENT)
     assert seen == [("redis", 0.5)]
     assert wired.sessions.revision == await wired.store.current_revision()
@@ -299,7 +299,7 @@ async def test_the_contents_of_a_message_are_never_applied(wired: Wired) -> None
         await wired.publish(message)
         await wired.received(i)
         await wired.settled()
-    with pytest.raises(SessionRejected, match="cut_off"):
+    with pytest.raises(SessionRejectedError, match="cut_off"):
         await wired.sessions.check(claims("alice", "sid:stolen", iat=T0 - 5), CLIENT)
     assert await wired.sessions.check(claims("alice", "sid:mine", iat=T0 - 5), CLIENT)
     assert await wired.sessions.check(claims("bob", "sid:bob"), CLIENT) == live
@@ -336,7 +336,7 @@ async def test_malformed_messages_are_ignored_and_the_subscription_survives(
     assert caplog.text.count("ignored a malformed message") == 3
     assert "unavailable" not in caplog.text  # never dropped and re-subscribed
     assert wired.push.connected and wired.push._catch_up.runs == 1
-    with pytest.raises(SessionRejected, match="revoked"):
+    with pytest.raises(SessionRejectedError, match="revoked"):
         await wired.sessions.check(claims(), CLIENT)
 
 
@@ -347,5 +347,5 @@ async def test_a_hint_while_the_store_is_down_is_harmless(wired: Wired) -> None:
     await wired.received(1)
     await wired.settled()
     assert wired.push.connected
-    with pytest.raises(StoreUnavailable):
+    with pytest.raises(StoreUnavailableError):
         await wired.sessions.catch_up()

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from sidecar.clock import ManualClock
-from sidecar.errors import SessionRejected, StoreUnavailable
+from sidecar.errors import SessionRejectedError, StoreUnavailableError
 from sidecar.sessions import Session
 from sidecar.sessions.service import ClientInfo, SessionService
 from sidecar.sessions.sqlite import SqliteStore
@@ -84,9 +84,9 @@ async def test_slow_read_racing_a_revoke_never_caches_active(store: SlowStore) -
     await store.reading.wait()  # the check has read "active" and is held
     assert await svc.revoke(sid, "alice") is not None
     store.gate.set()
-    with pytest.raises(SessionRejected):
+    with pytest.raises(SessionRejectedError):
         await racing
-    with pytest.raises(SessionRejected):
+    with pytest.raises(SessionRejectedError):
         await svc.check(claims(), CLIENT)
 
 
@@ -97,9 +97,9 @@ async def test_cutoff_boundaries(store: SlowStore) -> None:
     await svc.check(claims(key="sid:keep", iat=T0), CLIENT)
     await svc.check(claims(key="sid:other", iat=T0), CLIENT)
     await svc.revoke_user("alice", keep_session_key="sid:keep")
-    with pytest.raises(SessionRejected, match="revoked"):
+    with pytest.raises(SessionRejectedError, match="revoked"):
         await svc.check(claims(key="sid:other", iat=T0), CLIENT)
-    with pytest.raises(SessionRejected, match="cut_off"):
+    with pytest.raises(SessionRejectedError, match="cut_off"):
         await svc.check(claims(key="sid:never-seen", iat=T0 + 99.999), CLIENT)
     # A token whose age cannot be told is never guessed older (SECURITY_CASES E40).
     assert await svc.check(claims(key="sid:no-iat", iat=None), CLIENT)
@@ -107,7 +107,7 @@ async def test_cutoff_boundaries(store: SlowStore) -> None:
     assert await svc.check(claims(key="sid:keep", iat=T0), CLIENT)
     # Another process reading the store sees the same cut-off.
     fresh = service(store, clock)
-    with pytest.raises(SessionRejected, match="cut_off"):
+    with pytest.raises(SessionRejectedError, match="cut_off"):
         await fresh.check(claims(key="sid:never-seen-2", iat=T0 + 50), CLIENT)
 
 
@@ -117,7 +117,7 @@ async def test_admin_cutoff_has_no_exception(store: SlowStore) -> None:
     await svc.check(claims(key="sid:a", iat=T0), CLIENT)
     await svc.revoke_user("alice", keep_session_key=None)
     for key in ("sid:a", "sid:b"):
-        with pytest.raises(SessionRejected):
+        with pytest.raises(SessionRejectedError):
             await svc.check(claims(key=key, iat=T0), CLIENT)
 
 
@@ -127,7 +127,7 @@ async def test_tombstone_grows_with_newer_tokens(store: SlowStore) -> None:
     svc = service(store, clock)
     sid = await svc.check(claims(exp=T0 + 60), CLIENT)
     await svc.revoke(sid, None)
-    with pytest.raises(SessionRejected):
+    with pytest.raises(SessionRejectedError):
         await svc.check(claims(exp=T0 + 7200), CLIENT)
     await svc.flush()
     row = await store.get(sid)
@@ -160,7 +160,7 @@ async def test_failed_flush_keeps_updates(store: SlowStore) -> None:
     clock.advance(5)
     await svc.check(claims(), CLIENT)
     blocker_store = store._writer
-    store._writer = None  # the writer is gone: touch raises StoreUnavailable
+    store._writer = None  # the writer is gone: touch raises StoreUnavailableError
     await svc.flush()
     store._writer = blocker_store
     await svc.flush()
@@ -176,14 +176,14 @@ async def test_evicted_tombstone_is_reloaded(store: SlowStore) -> None:
     for i in range(5):
         await svc.check(claims(key=f"sid:filler-{i}"), CLIENT)
     assert "sid:victim" not in svc._states
-    with pytest.raises(SessionRejected, match="revoked"):
+    with pytest.raises(SessionRejectedError, match="revoked"):
         await svc.check(claims(key="sid:victim"), CLIENT)
 
 
 async def test_explicit_mode(store: SlowStore) -> None:
     """Explicit mode refuses unknown sessions and accepts registered ones."""
     svc = service(store, ManualClock(T0), registration="explicit")
-    with pytest.raises(SessionRejected, match="unknown_session"):
+    with pytest.raises(SessionRejectedError, match="unknown_session"):
         await svc.check(claims(), CLIENT)
     session, created = await svc.register(claims(), CLIENT())
     assert created
@@ -194,15 +194,15 @@ async def test_register_refuses_cut_off_tokens(store: SlowStore) -> None:
     """The admin register call refuses a token issued before the user's cut-off."""
     svc = service(store, ManualClock(T0 + 10))
     await svc.revoke_user("alice", None)
-    with pytest.raises(SessionRejected, match="cut_off"):
+    with pytest.raises(SessionRejectedError, match="cut_off"):
         await svc.register(claims(iat=T0), CLIENT())
 
 
 async def test_store_down_on_miss_raises(store: SlowStore) -> None:
-    """An unknown session while the store is down raises StoreUnavailable (the check denies)."""
+    """An unknown session while the store is down raises StoreUnavailableError (the check denies)."""
     svc = service(store, ManualClock(T0))
     await store.close()
-    with pytest.raises(StoreUnavailable):
+    with pytest.raises(StoreUnavailableError):
         await svc.check(claims(), CLIENT)
 
 
@@ -240,7 +240,7 @@ async def test_applied_revocations_report_their_propagation_delay(store: SlowSto
         assert [(via, round(seconds, 6)) for via, seconds in sorted(seen)] == [
             ("redis", 0.15), ("redis", 0.15), ("redis", 0.25),
         ]
-        with pytest.raises(SessionRejected, match="revoked"):
+        with pytest.raises(SessionRejectedError, match="revoked"):
             await svc.check(claims(), CLIENT)
     finally:
         await svc.stop()
@@ -257,7 +257,7 @@ async def test_catch_up_never_loosens_a_cutoff_in_memory(store: SlowStore) -> No
         await svc.revoke_user("alice", keep_session_key="sid:keep")  # cut-off T0 + 10
         await behind.revoke_user("alice", keep_session_key="sid:stolen")  # earlier: the store keeps ours
         await svc.catch_up()
-        with pytest.raises(SessionRejected, match="cut_off"):
+        with pytest.raises(SessionRejectedError, match="cut_off"):
             await svc.check(claims(key="sid:stolen", iat=T0 + 7), CLIENT)
         stored = await store.get_cutoff("alice")
         assert stored is not None and (stored.cutoff_at, stored.exempt_session_key) == (T0 + 10, "sid:keep")
@@ -278,9 +278,9 @@ async def test_local_log_out_others_with_an_earlier_clock_keeps_the_later_cutoff
         await svc.revoke_user("alice", keep_session_key="sid:other")  # at T0 + 5 by our clock
         stored = await store.get_cutoff("alice")
         assert stored is not None and (stored.cutoff_at, stored.exempt_session_key) == (T0 + 10, None)
-        with pytest.raises(SessionRejected, match="cut_off"):
+        with pytest.raises(SessionRejectedError, match="cut_off"):
             await svc.check(claims(key="sid:other", iat=T0 + 7), CLIENT)
-        with pytest.raises(SessionRejected, match="cut_off"):
+        with pytest.raises(SessionRejectedError, match="cut_off"):
             await service(store, ManualClock(T0 + 5)).check(claims(key="sid:other", iat=T0 + 7), CLIENT)
     finally:
         await svc.stop()
@@ -299,7 +299,7 @@ async def test_catch_up_applies_what_another_process_revoked(store: SlowStore) -
         await other.revoke_user("bob", None)
         assert await svc.check(claims(), CLIENT) == sid  # memory has not heard yet
         await svc.catch_up()
-        with pytest.raises(SessionRejected, match="revoked"):
+        with pytest.raises(SessionRejectedError, match="revoked"):
             await svc.check(claims(), CLIENT)
         assert svc.revision == await store.current_revision()
     finally:
@@ -316,10 +316,10 @@ async def test_stale_memory_is_not_trusted(store: SlowStore) -> None:
     await other.revoke(sid, None)
     clock.advance(6)  # no catch-up ran in between: memory is stale
     assert not svc.fresh
-    with pytest.raises(SessionRejected, match="revoked"):
+    with pytest.raises(SessionRejectedError, match="revoked"):
         await svc.check(claims(), CLIENT)
     await store.close()
-    with pytest.raises(StoreUnavailable):
+    with pytest.raises(StoreUnavailableError):
         await svc.check(claims(key="sid:cached"), CLIENT)  # allowed from memory were it fresh
 
 
@@ -328,7 +328,7 @@ async def test_cutoff_counts_in_whole_seconds(store: SlowStore) -> None:
     svc = service(store, ManualClock(T0 + 100.7))
     await svc.revoke_user("alice", None)
     assert await svc.check(claims(key="sid:new", iat=T0 + 100), CLIENT)
-    with pytest.raises(SessionRejected, match="cut_off"):
+    with pytest.raises(SessionRejectedError, match="cut_off"):
         await svc.check(claims(key="sid:old", iat=T0 + 99), CLIENT)
 
 
@@ -341,4 +341,4 @@ async def test_two_users_racing_for_one_sid_do_not_share_it(store: SlowStore) ->
         return_exceptions=True,
     )
     assert sum(isinstance(r, str) for r in results) == 1
-    assert sum(isinstance(r, SessionRejected) for r in results) == 1
+    assert sum(isinstance(r, SessionRejectedError) for r in results) == 1

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from sidecar.config import StorageSettings
-from sidecar.errors import StoreUnavailable
+from sidecar.errors import StoreUnavailableError
 from sidecar.sessions import ListPosition, Session, SessionStore, Touch, store_from_settings
 from sidecar.sessions.sqlite import SCHEMA_VERSION, SqliteStore
 from tests.sessions import pg
@@ -391,10 +391,10 @@ async def test_values_round_trip_unchanged(store: SessionStore) -> None:
 
 
 async def test_ping(store: SessionStore) -> None:
-    """ping answers while the store is open and raises StoreUnavailable once closed."""
+    """ping answers while the store is open and raises StoreUnavailableError once closed."""
     await store.ping()
     await store.close()
-    with pytest.raises(StoreUnavailable):
+    with pytest.raises(StoreUnavailableError):
         await store.ping()
 
 
@@ -469,12 +469,12 @@ async def test_sqlite_refuses_a_newer_schema(tmp_path: Path) -> None:
     await store.close()
     with sqlite3.connect(tmp_path / "x.db") as db:
         db.execute("INSERT INTO schema_version (version) VALUES (999)")
-    with pytest.raises(StoreUnavailable, match="newer than this sidecar"):
+    with pytest.raises(StoreUnavailableError, match="newer than this sidecar"):
         await SqliteStore(tmp_path / "x.db").open()
 
 
 async def test_sqlite_locked_by_another_writer_fails_revoke_cleanly(tmp_path: Path) -> None:
-    """A write lock held by another process past the timeout -> StoreUnavailable, nothing half-done (D33)."""
+    """A write lock held by another process past the timeout -> StoreUnavailableError, nothing half-done (D33)."""
     store = SqliteStore(tmp_path / "x.db", busy_timeout_ms=100)
     await store.open()
     try:
@@ -483,7 +483,7 @@ async def test_sqlite_locked_by_another_writer_fails_revoke_cleanly(tmp_path: Pa
         blocker = sqlite3.connect(tmp_path / "x.db", isolation_level=None)
         blocker.execute("BEGIN IMMEDIATE")
         try:
-            with pytest.raises(StoreUnavailable):
+            with pytest.raises(StoreUnavailableError):
                 await store.revoke(s.id, NOW)
             # Reads still work in WAL mode while the other writer holds the lock.
             row = await store.get(s.id)
@@ -498,26 +498,26 @@ async def test_sqlite_locked_by_another_writer_fails_revoke_cleanly(tmp_path: Pa
 
 
 async def test_sqlite_closed_under_a_read_in_flight(tmp_path: Path) -> None:
-    """Reads and writes on a store closed while they were on their way raise StoreUnavailable, nothing else."""
+    """Reads and writes on a store closed while they were on their way raise StoreUnavailableError, nothing else."""
     store = SqliteStore(tmp_path / "x.db")
     await store.open()
     reader, writer = store._reader, store._writer
     pending = [asyncio.create_task(store.count_active(NOW)) for _ in range(20)]
     await store.close()
     for task in pending:
-        with contextlib.suppress(StoreUnavailable):  # a read may also have finished first
+        with contextlib.suppress(StoreUnavailableError):  # a read may also have finished first
             await task
     store._reader, store._writer = reader, writer  # closed connections, as a racing caller sees them
-    with pytest.raises(StoreUnavailable):
+    with pytest.raises(StoreUnavailableError):
         await store.count_active(NOW)
-    with pytest.raises(StoreUnavailable):
+    with pytest.raises(StoreUnavailableError):
         await store.insert(session())
 
 
 async def test_sqlite_unwritable_location_is_a_clear_error(tmp_path: Path) -> None:
-    """A database path that cannot be created fails open() with StoreUnavailable."""
+    """A database path that cannot be created fails open() with StoreUnavailableError."""
     (tmp_path / "file").write_text("x")
-    with pytest.raises(StoreUnavailable, match="cannot open SQLite database"):
+    with pytest.raises(StoreUnavailableError, match="cannot open SQLite database"):
         await SqliteStore(tmp_path / "file" / "x.db").open()
 
 
@@ -586,7 +586,7 @@ async def test_postgres_refuses_a_newer_schema(postgres_url: str) -> None:
     async with opened(url):
         pass
     await pg.execute(url, "INSERT INTO schema_version (version) VALUES (999)")
-    with pytest.raises(StoreUnavailable, match="newer than this sidecar"):
+    with pytest.raises(StoreUnavailableError, match="newer than this sidecar"):
         await postgres_store(url).open()
 
 
@@ -729,14 +729,14 @@ async def test_postgres_concurrent_purges_count_each_row_once(postgres_url: str)
 
 
 async def test_postgres_unreachable_server_fails_open_without_leaking_the_password(postgres_url: str) -> None:
-    """Nothing listening -> open() raises StoreUnavailable naming host and database, never the password."""
+    """Nothing listening -> open() raises StoreUnavailableError naming host and database, never the password."""
     port = pg.free_port()
     url = f"postgresql://sidecar:hunter2-secret@127.0.0.1:{port}/sessions"
     s = postgres_store(url, connect_timeout_seconds=2.0)
-    with pytest.raises(StoreUnavailable, match=f"cannot open PostgreSQL database 127.0.0.1:{port}/sessions") as info:
+    with pytest.raises(StoreUnavailableError, match=f"cannot open PostgreSQL database 127.0.0.1:{port}/sessions") as info:
         await s.open()
     assert "hunter2" not in str(info.value) and "hunter2" not in repr(s)
-    with pytest.raises(StoreUnavailable, match="not open"):
+    with pytest.raises(StoreUnavailableError, match="not open"):
         await s.ping()
 
 
@@ -746,7 +746,7 @@ def _address(url: str) -> tuple[str, int]:
 
 
 async def test_postgres_server_going_away_is_store_unavailable_until_it_returns(postgres_url: str) -> None:
-    """A server that drops every connection fails reads and writes with StoreUnavailable; the store
+    """A server that drops every connection fails reads and writes with StoreUnavailableError; the store
     reconnects by itself once the server is back, with nothing half-written."""
     proxy = pg.TcpProxy(*_address(postgres_url))
     port = await proxy.start()
@@ -755,11 +755,11 @@ async def test_postgres_server_going_away_is_store_unavailable_until_it_returns(
             row = session()
             await s.insert(row)
             await proxy.cut()
-            with pytest.raises(StoreUnavailable):
+            with pytest.raises(StoreUnavailableError):
                 await s.get(row.id)
-            with pytest.raises(StoreUnavailable):
+            with pytest.raises(StoreUnavailableError):
                 await s.revoke(row.id, NOW)
-            with pytest.raises(StoreUnavailable):
+            with pytest.raises(StoreUnavailableError):
                 await s.ping()
             await proxy.start()
             await s.ping()
@@ -772,7 +772,7 @@ async def test_postgres_server_going_away_is_store_unavailable_until_it_returns(
 
 
 async def test_postgres_hung_server_fails_in_bounded_time(postgres_url: str) -> None:
-    """A server that stops answering mid-connection fails the call with StoreUnavailable after the
+    """A server that stops answering mid-connection fails the call with StoreUnavailableError after the
     command timeout instead of hanging it, and the store recovers when it answers again."""
     proxy = pg.TcpProxy(*_address(postgres_url))
     port = await proxy.start()
@@ -781,9 +781,9 @@ async def test_postgres_hung_server_fails_in_bounded_time(postgres_url: str) -> 
         async with opened(url, pool_max_size=2, statement_timeout_ms=200, connect_timeout_seconds=1.0) as s:
             await s.ping()
             proxy.freeze()
-            with pytest.raises(StoreUnavailable, match="TimeoutError"):
+            with pytest.raises(StoreUnavailableError, match="TimeoutError"):
                 await s.get(str(uuid.uuid4()))
-            with pytest.raises(StoreUnavailable):
+            with pytest.raises(StoreUnavailableError):
                 await s.revoke(str(uuid.uuid4()), NOW)
             proxy.thaw()
             await s.ping()
@@ -793,7 +793,7 @@ async def test_postgres_hung_server_fails_in_bounded_time(postgres_url: str) -> 
 
 @pytest.mark.parametrize("store", ["postgresql"], indirect=True)
 async def test_postgres_lock_held_past_the_timeout_fails_revoke_cleanly(store: SessionStore, postgres_url: str) -> None:
-    """A row lock held by another process past statement_timeout -> StoreUnavailable, nothing half-done (D33)."""
+    """A row lock held by another process past statement_timeout -> StoreUnavailableError, nothing half-done (D33)."""
     s = session()
     await store.insert(s)
     conn = await pg.asyncpg().connect(postgres_url)
@@ -803,7 +803,7 @@ async def test_postgres_lock_held_past_the_timeout_fails_revoke_cleanly(store: S
             await tx.start()
             await conn.execute("SELECT 1 FROM sessions WHERE id = $1 FOR UPDATE", s.id)
             before = await impatient.current_revision()
-            with pytest.raises(StoreUnavailable, match="statement timeout"):
+            with pytest.raises(StoreUnavailableError, match="statement timeout"):
                 await impatient.revoke(s.id, NOW)
             row = await impatient.get(s.id)  # reads never wait on row locks
             assert row is not None and row.revoked_at is None
@@ -833,7 +833,7 @@ def test_store_from_settings_without_asyncpg_names_the_extra(monkeypatch: pytest
     """Without asyncpg installed, choosing PostgreSQL fails with the pip command that fixes it."""
     monkeypatch.delitem(sys.modules, "sidecar.sessions.postgres", raising=False)
     monkeypatch.setitem(sys.modules, "asyncpg", None)
-    with pytest.raises(StoreUnavailable, match=r"pip install 'sidecar\[postgres\]'"):
+    with pytest.raises(StoreUnavailableError, match=r"pip install 'sidecar\[postgres\]'"):
         store_from_settings(StorageSettings(url="postgresql://db.internal/sessions"))
 
 

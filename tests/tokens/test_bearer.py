@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from sidecar.clock import ManualClock
-from sidecar.errors import InvalidToken
+from sidecar.errors import InvalidTokenError
 from sidecar.tokens import TokenVerifier, extract_bearer
 from tests.conftest import SECRET, settings_for
 from tests.tokens.keys import b64url
@@ -62,7 +62,7 @@ CASES: dict[str, tuple[list[str], str | None]] = {
 def test_authorization_header_spellings(values: list[str], expected: str | None) -> None:
     """One "Bearer <b64token>" header (any scheme case, spaces only) yields the token; anything else is refused."""
     if expected is None:
-        with pytest.raises(InvalidToken):
+        with pytest.raises(InvalidTokenError):
             extract_bearer(values, MAX)
     else:
         assert extract_bearer(values, MAX) == expected
@@ -79,7 +79,7 @@ def test_authorization_header_spellings(values: list[str], expected: str | None)
 )
 def test_refusals_carry_a_reason_for_the_log(values: list[str], reason: str) -> None:
     """Each refusal names its reason (for the log and metrics, never for the client)."""
-    with pytest.raises(InvalidToken) as e:
+    with pytest.raises(InvalidTokenError) as e:
         extract_bearer(values, MAX)
     assert e.value.reason == reason
 
@@ -99,7 +99,7 @@ async def test_cached_shortcut_reads_the_header_as_extract_bearer_does(tmp_path:
     settings = settings_for(tmp_path)
     verifier = TokenVerifier(settings.jwt, ManualClock(wall=1_700_000_000.0))
     assert (await verifier.verify(token)).session_key == "sid:s-1"
-    with pytest.raises(InvalidToken, match="not_bearer"):
+    with pytest.raises(InvalidTokenError, match="not_bearer"):
         extract_bearer([f"Bearer {token}"], MAX)
-    with pytest.raises(InvalidToken, match="not_bearer"):  # found by tests/fuzz (bearer): it was let through
+    with pytest.raises(InvalidTokenError, match="not_bearer"):  # found by tests/fuzz (bearer): it was let through
         await verifier.verify_bearer([f"Bearer {token}"])

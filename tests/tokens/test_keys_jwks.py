@@ -23,7 +23,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from sidecar.clock import ManualClock
-from sidecar.errors import InvalidToken, KeysUnavailable
+from sidecar.errors import InvalidTokenError, KeysUnavailableError
 from sidecar.tokens import JwksKeys, TokenVerifier
 from sidecar.tokens.keys import keys_from_jwks
 from sidecar.web.outbound import jwks_fetcher
@@ -109,7 +109,7 @@ async def setup(
                 refresh_cooldown_seconds=COOLDOWN,
             )
             made.append(jwks)
-            with contextlib.suppress(KeysUnavailable):  # the sidecar starts anyway, refusing tokens
+            with contextlib.suppress(KeysUnavailableError):  # the sidecar starts anyway, refusing tokens
                 await jwks.refresh()
             return Setup(TokenVerifier(s.jwt, clock, jwks), jwks)
 
@@ -119,7 +119,7 @@ async def setup(
 
 
 async def reason(verifier: TokenVerifier, token: str) -> str:
-    with pytest.raises(InvalidToken) as e:
+    with pytest.raises(InvalidTokenError) as e:
         await verifier.verify(token)
     return e.value.reason
 
@@ -223,7 +223,7 @@ async def test_unknown_kids_cause_at_most_one_fetch_per_cooldown(
 
     clock.advance(COOLDOWN)
     results = await asyncio.gather(*(s.verifier.verify(t) for t in flood()), return_exceptions=True)
-    assert all(isinstance(r, InvalidToken) for r in results)
+    assert all(isinstance(r, InvalidTokenError) for r in results)
     assert jwks_server.hits("/jwks") == 3
 
 
@@ -328,7 +328,7 @@ async def test_withdrawn_key_stops_verifying_cached_tokens_once_the_jwks_is_stal
         try:
             await s.verifier.verify(old)
             outcomes.append("allow")
-        except InvalidToken:
+        except InvalidTokenError:
             outcomes.append("deny")
             break
         await asyncio.sleep(0.01)  # the refresh of a stale JWKS runs in the background
@@ -437,10 +437,10 @@ async def test_jwks_endpoint_that_redirects_loads_no_keys(
 
 
 async def test_fetcher_refuses_redirects_itself(jwks_server: JwksServer) -> None:
-    """jwks_fetcher raises KeysUnavailable on a 302 rather than following it."""
+    """jwks_fetcher raises KeysUnavailableError on a 302 rather than following it."""
     jwks_server.answer("/jwks", 302, b"", {"Location": jwks_server.url("/elsewhere")})
     async with aiohttp.ClientSession() as http:
-        with pytest.raises(KeysUnavailable, match="302"):
+        with pytest.raises(KeysUnavailableError, match="302"):
             await jwks_fetcher(http)(jwks_server.url("/jwks"))
     assert jwks_server.log == ["/jwks"]
 

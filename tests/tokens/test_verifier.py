@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from sidecar.clock import ManualClock
 from sidecar.config import from_mapping
-from sidecar.errors import ConfigError, InvalidToken
+from sidecar.errors import ConfigError, InvalidTokenError
 from sidecar.tokens import Claims, TokenVerifier
 from sidecar.tokens.claims import canonical_hash
 from sidecar.tokens.parse import MAX_JSON_DEPTH
@@ -74,7 +74,7 @@ def raw_payload(**literals: str) -> bytes:
 
 async def reason(verifier: TokenVerifier, token: str) -> str:
     """The verifier refuses ``token``; return its reason code."""
-    with pytest.raises(InvalidToken) as e:
+    with pytest.raises(InvalidTokenError) as e:
         await verifier.verify(token)
     return e.value.reason
 
@@ -758,13 +758,13 @@ async def test_token_beyond_max_token_bytes_is_refused_before_parsing(tmp_path: 
 @given(st.text(max_size=300) | st.binary(max_size=300).map(lambda b: b.decode("latin-1")))
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_arbitrary_text_raises_only_invalid_token(tmp_path: Path, text: str) -> None:
-    """Whatever string arrives, verify() either returns Claims or raises InvalidToken, nothing else."""
+    """Whatever string arrives, verify() either returns Claims or raises InvalidTokenError, nothing else."""
     v = make(tmp_path, ManualClock(wall=float(NOW)))
     good = _good()
 
     async def run() -> None:
         for candidate in (text, good[: len(good) // 2] + text, text + good, good + text):
-            with contextlib.suppress(InvalidToken):
+            with contextlib.suppress(InvalidTokenError):
                 await v.verify(candidate)
 
     asyncio.run(run())
@@ -773,7 +773,7 @@ def test_arbitrary_text_raises_only_invalid_token(tmp_path: Path, text: str) -> 
 @given(st.data())
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_any_byte_flip_in_a_token_is_refused_or_harmless(tmp_path: Path, data: st.DataObject) -> None:
-    """Changing any character of a valid token never raises anything but InvalidToken, and never changes its claims."""
+    """Changing any character of a valid token never raises anything but InvalidTokenError, and never changes its claims."""
     v = make(tmp_path, ManualClock(wall=float(NOW)))
     good = _good()
     i = data.draw(st.integers(0, len(good) - 1))
@@ -783,7 +783,7 @@ def test_any_byte_flip_in_a_token_is_refused_or_harmless(tmp_path: Path, data: s
     async def run() -> Claims | None:
         try:
             return await v.verify(mutated)
-        except InvalidToken:
+        except InvalidTokenError:
             return None
 
     got = asyncio.run(run())
@@ -981,7 +981,7 @@ async def test_padded_signature_maps_to_the_same_session(
     original = await v.verify(token)
     try:
         padded = await v.verify(token + padding)
-    except InvalidToken:
+    except InvalidTokenError:
         return
     assert padded.session_key == original.session_key
 
@@ -1016,7 +1016,7 @@ async def test_malleable_ecdsa_signature_maps_to_the_same_session(
 
 
 async def test_unrepresentable_number_in_a_hashed_claim_is_refused(tmp_path: Path) -> None:
-    """A claim of 1e400 (infinite in Python) cannot be hashed canonically: InvalidToken, not a crash."""
+    """A claim of 1e400 (infinite in Python) cannot be hashed canonically: InvalidTokenError, not a crash."""
     v = make(tmp_path)
     token = sign_with("HS256", HS256, raw_payload(sid=OMIT, score="1e400"), SECRET)
     assert await reason(v, token) in {"malformed", "non_json_number", "bad_claims"}
