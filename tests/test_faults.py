@@ -31,8 +31,9 @@ import aiohttp
 import pytest
 
 from sidecar.clock import ManualClock
+from sidecar.enrich.client_ip import ClientInfo
 from sidecar.errors import InvalidTokenError, SessionRejectedError
-from sidecar.sessions.service import ClientInfo, SessionService
+from sidecar.sessions.service import SessionService
 from sidecar.sessions.sqlite import SqliteStore
 from sidecar.tokens import JwksKeys, TokenVerifier
 from sidecar.tokens.claims import Claims

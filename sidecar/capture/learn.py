@@ -6,9 +6,10 @@ import hashlib
 import logging
 import re
 
+from sidecar.enrich.client_ip import ClientInfo
 from sidecar.errors import InvalidTokenError, SessionRejectedError
 from sidecar.sessions.models import Session
-from sidecar.sessions.service import ClientInfo, SessionService
+from sidecar.sessions.service import SessionService
 from sidecar.tokens.claims import canonical_hash
 from sidecar.tokens.parse import parse_compact
 from sidecar.tokens.verifier import TokenVerifier

@@ -11,9 +11,18 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True, slots=True)
+class ClientInfo:
+    """Who is asking: recorded when a session is first registered."""
+
+    ip: IPAddress | None
+    user_agent: str | None
 
 # Each proxy adds one entry; no real chain is this long, and an attacker can send
 # thousands, so entries further left are never looked at.

@@ -31,7 +31,7 @@ from typing import Final
 
 from sidecar.clock import Clock
 from sidecar.config import Registration
-from sidecar.enrich.client_ip import IPAddress
+from sidecar.enrich.client_ip import ClientInfo, IPAddress
 from sidecar.errors import SessionRejectedError, StoreUnavailableError
 from sidecar.lru import LRU
 from sidecar.sessions.models import Cutoff, ListPosition, RevokedRef, Session, Touch
@@ -44,14 +44,6 @@ _LOAD_ATTEMPTS: Final = 5
 
 # Called after a revocation committed and memory refuses it: (revoked sessions, cut-off).
 RevokedHook = Callable[[Sequence[Session], Cutoff | None], None]
-
-
-@dataclass(frozen=True, slots=True)
-class ClientInfo:
-    """Who is asking: recorded when a session is first registered."""
-
-    ip: IPAddress | None
-    user_agent: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -319,6 +311,41 @@ class SessionService:
             )
         return cutoff.refuses(key, issued)
 
+    def check_now(self, claims: Claims) -> str | None:
+        """Decide from memory alone, without waiting: the session id when the token's
+        session is known and active, None when memory cannot tell (``check`` reads the
+        store); raises ``SessionRejectedError`` for a decided deny.
+
+        This is the gateway's every request: a known session of a known user while memory
+        is fresh. Anything else (an unknown session or user, memory not confirmed current,
+        a session whose every token had expired) is left to ``check``, which decides the
+        same cases the same way after reading what it lacks.
+        """
+        key = self._aliases.get(claims.session_key, claims.session_key)
+        state = self._states.get(key)
+        if state is None:
+            return None
+        now = self._clock.wall()
+        if not state.revoked and state.expires_at <= now:
+            return None
+        entry = self._cutoffs.get(claims.user_id, _MISSING)
+        if isinstance(entry, _Missing) or not self.fresh:
+            return None
+        self._states.move_to_end(key)
+        if state.user_id != claims.user_id:
+            raise SessionRejectedError("session_user_mismatch")
+        if state.revoked:
+            # Keep the tombstone alive as long as tokens of the session keep coming.
+            if claims.expires_at > state.expires_at:
+                state.expires_at = claims.expires_at
+                self._note(state.id, now, claims.expires_at)
+            raise SessionRejectedError("revoked")
+        if entry is not None and self._cut_off(entry, key, claims):
+            raise SessionRejectedError("cut_off")
+        state.expires_at = max(state.expires_at, claims.expires_at)
+        self._note(state.id, now, state.expires_at)
+        return state.id
+
     async def check(self, claims: Claims, client: Callable[[], ClientInfo]) -> str:
         """Return the session id when the token's session is active, else raise.
 
@@ -327,6 +354,9 @@ class SessionService:
         only called to register a new session: working out the client's address and
         device costs more than the whole check of a known session.
         """
+        known = self.check_now(claims)
+        if known is not None:
+            return known
         key = self._aliases.get(claims.session_key, claims.session_key)
         now = self._clock.wall()
         state = self._states.get(key)

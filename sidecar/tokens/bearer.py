@@ -9,6 +9,9 @@ from sidecar.errors import InvalidTokenError
 
 # RFC 6750: credentials = "Bearer" 1*SP b64token. The scheme is case-insensitive
 # (RFC 9110 section 11.1); we also accept several spaces, and nothing else.
+# The challenge of every 401 for a missing or refused token (RFC 6750 section 3).
+BEARER_CHALLENGE = 'Bearer error="invalid_token"'
+
 _BEARER = re.compile(r"[Bb][Ee][Aa][Rr][Ee][Rr] +([A-Za-z0-9\-._~+/]+=*)")
 
 

@@ -92,13 +92,20 @@ class TokenVerifier:
         hash and one lookup; anything else (a new token, two headers, odd spacing) is read in
         full by ``extract_bearer``, which gives the same token wherever the shortcut applies.
         """
+        claims = self.cached_bearer(authorization)
+        if claims is not None:
+            return claims
+        return await self.verify(extract_bearer(authorization, self.settings.max_token_bytes))
+
+    def cached_bearer(self, authorization: Sequence[str]) -> Claims | None:
+        """``verify_bearer``'s shortcut, without waiting: the claims when ``authorization``
+        is exactly ``Bearer <token>`` of a token verified before, else None (raises
+        ``InvalidTokenError`` when that token has expired since)."""
         # "=." is padding inside the token: the verifier accepts it (the admin API and capture
         # verify tokens directly), extract_bearer does not (RFC 6750: "=" only at the end).
         if len(authorization) == 1 and authorization[0].startswith("Bearer ") and "=." not in authorization[0]:
-            claims = self.cached(authorization[0][7:])
-            if claims is not None:
-                return claims
-        return await self.verify(extract_bearer(authorization, self.settings.max_token_bytes))
+            return self.cached(authorization[0][7:])
+        return None
 
     async def verify(self, token: str) -> Claims:
         """Return the claims of a valid token or raise ``InvalidTokenError`` (never anything else)."""

@@ -13,9 +13,8 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from sidecar.enrich.client_ip import IPAddress, parse_address
+from sidecar.enrich.client_ip import ClientInfo, IPAddress, parse_address
 from sidecar.errors import InvalidTokenError, SessionRejectedError
-from sidecar.sessions.service import ClientInfo
 from sidecar.web import audit, oauth2
 from sidecar.web.api import NOT_FOUND, session_id_from
 from sidecar.web.envelope import ApiError, page, session_json, success

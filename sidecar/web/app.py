@@ -9,12 +9,11 @@ from aiohttp import web
 
 from sidecar.clock import SystemClock
 from sidecar.config import Settings
-from sidecar.routes import RouteTable
 from sidecar.web import admin, api, capture, health
 from sidecar.web.envelope import error_middleware
 from sidecar.web.introspect import CHECK, Check
 from sidecar.web.keys import API_RATE, SERVICES
-from sidecar.web.limits import InFlight, RateLimiter
+from sidecar.web.limits import RateLimiter
 from sidecar.web.listener import server_logger
 from sidecar.web.openapi import add_openapi_routes
 from sidecar.web.services import Services
@@ -47,9 +46,7 @@ def runner_kwargs(settings: Settings) -> dict[str, Any]:
 def create_app(settings: Settings, services: Services) -> web.Application:
     """The public listener, over ``services`` (opened and closed by the caller)."""
     app = web.Application(middlewares=[error_middleware], client_max_size=64 * 1024)
-    check = app[CHECK] = Check(
-        InFlight(settings.server.max_concurrent_checks), services, RouteTable(settings.routes)
-    )
+    check = app[CHECK] = Check(services.check)
     app[API_RATE] = RateLimiter(settings.server.api_rate_limit_per_minute, SystemClock())
     app[SERVICES] = services
     # The check answers every method on every sub-path: Envoy forwards the client's method

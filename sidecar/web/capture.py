@@ -22,9 +22,9 @@ from multidict import CIMultiDict
 
 from sidecar.capture.learn import Capture
 from sidecar.capture.places import AmbiguousTokenError, CaptureRoute, token_in_answer, token_in_request
+from sidecar.enrich.client_ip import ClientInfo
 from sidecar.errors import StoreUnavailableError
 from sidecar.sessions.models import Session
-from sidecar.sessions.service import ClientInfo
 from sidecar.web import audit
 from sidecar.web.envelope import error
 from sidecar.web.keys import SERVICES

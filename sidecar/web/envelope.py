@@ -13,11 +13,11 @@ from aiohttp.typedefs import Handler
 from sidecar.errors import InvalidTokenError, StoreUnavailableError
 from sidecar.logs import REQUEST_ID
 from sidecar.sessions.models import Session
+from sidecar.tokens.bearer import BEARER_CHALLENGE
 
 log = logging.getLogger(__name__)
 
 # RFC 6750 section 3: the challenge a bearer-protected resource answers with.
-BEARER_CHALLENGE = 'Bearer error="invalid_token"'
 
 
 class ApiError(Exception):

@@ -1,4 +1,4 @@
-"""Load limits: a bound on checks in flight, and a per-client rate limit on the sessions API."""
+"""A per-client rate limit on the sessions API (the bound on checks in flight is sidecar.check.InFlight)."""
 
 from __future__ import annotations
 
@@ -6,23 +6,6 @@ import math
 
 from sidecar.clock import Clock
 from sidecar.lru import LRU
-
-
-class InFlight:
-    """Counts requests in flight; ``try_enter`` refuses past ``limit`` (0 = unbounded)."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.count = 0
-
-    def try_enter(self) -> bool:
-        if self.limit and self.count >= self.limit:
-            return False
-        self.count += 1
-        return True
-
-    def leave(self) -> None:
-        self.count -= 1
 
 
 class RateLimiter:

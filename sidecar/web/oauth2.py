@@ -21,8 +21,8 @@ from urllib.parse import parse_qsl
 
 from aiohttp import web
 
+from sidecar.enrich.client_ip import ClientInfo
 from sidecar.errors import InvalidTokenError, SessionRejectedError, StoreUnavailableError
-from sidecar.sessions.service import ClientInfo
 from sidecar.tokens.parse import parse_compact
 from sidecar.web import audit
 from sidecar.web.keys import ADMIN_ACTOR, SERVICES

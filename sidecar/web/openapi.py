@@ -14,6 +14,7 @@ from typing import Any, Final
 from aiohttp import web
 
 from sidecar import __version__
+from sidecar.tokens.bearer import BEARER_CHALLENGE
 from sidecar.web.paging import CURSOR_MESSAGE, DEFAULT_LIMIT, LIMIT_MESSAGE, MAX_LIMIT
 
 PATH: Final = "/api/v1/openapi.json"
@@ -25,7 +26,6 @@ _UUID_PATTERN = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 _RFC3339_UTC = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z$"
 # Identifiers are visible ASCII, 1-255 characters (README, "Mapping your auth service's tokens").
 _IDENTIFIER_PATTERN = "^[\\x21-\\x7e]{1,255}$"
-BEARER_CHALLENGE: Final = 'Bearer error="invalid_token"'
 
 
 def _schema(name: str) -> dict[str, Any]:

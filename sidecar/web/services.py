@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
+from sidecar.check import CheckCore
 from sidecar.clock import Clock, SystemClock
 from sidecar.config import Settings
 from sidecar.enrich.device import DeviceParser
@@ -18,6 +19,7 @@ from sidecar.enrich.geo import GeoLocator
 from sidecar.errors import KeysUnavailableError, StoreUnavailableError
 from sidecar.metrics import SESSIONS_COUNT_SECONDS, Metrics
 from sidecar.revocation import RedisPush
+from sidecar.routes import RouteTable
 from sidecar.sessions import SessionStore, store_from_settings
 from sidecar.sessions.service import SessionService
 from sidecar.tokens import JwksKeys, TokenVerifier
@@ -36,6 +38,14 @@ class Services:
     jwks: JwksKeys | None
     push: RedisPush | None = None
     metrics: Metrics = field(default_factory=Metrics)
+    # The one check core both listeners answer with (one bound on checks in flight).
+    check: CheckCore = field(init=False)
+
+    def __post_init__(self) -> None:
+        core = CheckCore(
+            self.settings, self.verifier, self.sessions, self.metrics.check, routes=RouteTable(self.settings.routes)
+        )
+        object.__setattr__(self, "check", core)
 
     def live_values(self) -> dict[str, float]:
         """What the metrics collector reads at scrape time."""

@@ -20,12 +20,13 @@ import pytest
 import redis.asyncio as aioredis
 
 from sidecar.clock import ManualClock
+from sidecar.enrich.client_ip import ClientInfo
 from sidecar.errors import SessionRejectedError, StoreUnavailableError
 from sidecar.revocation import Coalesced, RedisPush, decode, encode
 from sidecar.revocation.redis_push import MAX_MESSAGE_BYTES
 from sidecar.sessions import Changes, Cutoff, Session
 from sidecar.sessions.models import Revoked
-from sidecar.sessions.service import ClientInfo, SessionService
+from sidecar.sessions.service import SessionService
 from sidecar.sessions.sqlite import SqliteStore
 from sidecar.tokens.claims import Claims
 from tests.gateways.support import free_ports

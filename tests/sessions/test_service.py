@@ -10,9 +10,10 @@ from typing import Any
 import pytest
 
 from sidecar.clock import ManualClock
+from sidecar.enrich.client_ip import ClientInfo
 from sidecar.errors import SessionRejectedError, StoreUnavailableError
 from sidecar.sessions import Session
-from sidecar.sessions.service import ClientInfo, SessionService
+from sidecar.sessions.service import SessionService
 from sidecar.sessions.sqlite import SqliteStore
 from sidecar.tokens.claims import Claims
 

@@ -253,8 +253,11 @@ def test_an_allowed_origin_must_be_a_serialised_origin(tmp_path: Path, origin: s
 
 def test_cookie_values_reads_every_cookie_header_in_order() -> None:
     """The reader finds every value of the name across several Cookie headers, trimmed and unquoted."""
-    from sidecar.web.requests import cookie_values
+    from sidecar.facts import HeaderLists
+    from sidecar.tokens.credentials import cookie_values
 
-    headers = ["a=1; access_token=x", 'theme=dark;access_token="y"', " access_token = z ;b=2", "access_tokenx=w"]
+    headers = HeaderLists()
+    for value in ["a=1; access_token=x", 'theme=dark;access_token="y"', " access_token = z ;b=2", "access_tokenx=w"]:
+        headers.add("cookie", value)
     assert cookie_values(headers, COOKIE) == ["x", "y", "z"]
-    assert cookie_values([], COOKIE) == []
+    assert cookie_values(HeaderLists(), COOKIE) == []
