@@ -24,6 +24,7 @@ from sidecar.enrich.client_ip import ClientInfo
 from sidecar.errors import InvalidTokenError, StoreUnavailableError
 from sidecar.facts import RequestFacts
 from sidecar.logs import REQUEST_ID
+from sidecar.lru import LRU
 from sidecar.metrics import CheckStats
 from sidecar.routes import Policy, RouteTable
 from sidecar.sessions.service import SessionService
@@ -37,19 +38,22 @@ log = logging.getLogger("sidecar.web.introspect")  # the logger name operators f
 CHECK_PREFIX: Final = "/introspect"
 _CHECK_TAIL: Final = CHECK_PREFIX + "/"
 _NONE: list[str] = []
+_MAX_ALLOWS: Final = 100_000
 
 
 class Answer:
     """One answer: status, headers, body. The fixed ones (deny, overload, anonymous) are
     built once; each way in may keep its own encoding of them in ``wire``."""
 
-    __slots__ = ("body", "headers", "status", "wire")
+    __slots__ = ("body", "claims", "headers", "status", "wire")
 
     def __init__(self, status: int, headers: tuple[tuple[str, str], ...], body: bytes = b"") -> None:
         self.status = status
         self.headers = headers
         self.body = body
-        self.wire: dict[str, bytes] = {}  # the check listener's encodings, by variant
+        self.claims: Claims | None = None  # an allow: the claims it was made for
+        # The check listener's encodings, by (close, HEAD): the bytes before and after Date.
+        self.wire: dict[tuple[bool, bool], tuple[bytes, bytes]] = {}
 
     def header_dict(self) -> dict[str, str]:
         return dict(self.headers)
@@ -156,6 +160,9 @@ class CheckCore:
         self._cookie = settings.jwt.cookie_name
         self._max_token = settings.jwt.max_token_bytes
         self._trusted = settings.server.trusted_proxies
+        # The allow of each session's latest token, kept while that token keeps coming (its
+        # encodings with it): a known token's answer is made once, not on every request.
+        self._allows: LRU[str, Answer] = LRU(min(settings.jwt.verified_cache_size, _MAX_ALLOWS))
 
     # ------------------------------------------------------------------ decided at once
 
@@ -189,7 +196,12 @@ class CheckCore:
             if session_id is None:
                 return None
             self.stats.allowed += 1
-            return allow(claims, session_id)
+            known = self._allows.get(session_id)
+            if known is not None and known.claims is claims:
+                return known
+            answer = allow(claims, session_id)
+            answer.claims = claims
+            return self._allows.put(session_id, answer)
         except InvalidTokenError as e:
             return self._deny(e.reason, facts)
         except Exception:

@@ -162,6 +162,16 @@ class AdminSettings:
 
 
 @dataclass(frozen=True)
+class CheckSettings:
+    """The check listener: where nginx auth_request / Envoy ext_authz / Caddy forward_auth
+    point (sidecar.wire). Connection limits and timeouts are the [server] ones."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 8082
+
+
+@dataclass(frozen=True)
 class LoggingSettings:
     level: LogLevel = "INFO"
     format: LogFormat = "text"
@@ -177,6 +187,7 @@ class Settings:
     celery: CelerySettings = field(default_factory=CelerySettings)
     geoip: GeoipSettings = field(default_factory=GeoipSettings)
     admin: AdminSettings = field(default_factory=AdminSettings)
+    check: CheckSettings = field(default_factory=CheckSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     routes: tuple[Route, ...] = ()
     capture: tuple[CaptureRoute, ...] = ()
@@ -206,7 +217,7 @@ def from_mapping(
 ) -> Settings:
     """Validate an already parsed TOML document (tests build configs this way too)."""
     sections = {
-        "server", "jwt", "sessions", "storage", "redis", "celery", "geoip", "admin", "logging",
+        "server", "jwt", "sessions", "storage", "redis", "celery", "geoip", "admin", "logging", "check",
     }
     for name, value in raw.items():
         if name in ("routes", "capture"):
@@ -226,6 +237,7 @@ def from_mapping(
         celery=_celery(r.section("celery")),
         geoip=_geoip(r.section("geoip")),
         admin=_admin(r.section("admin")),
+        check=_check(r.section("check")),
         logging=_logging(r.section("logging")),
         routes=_routes(raw.get("routes", []), environ, base_dir),
         capture=_capture(raw.get("capture", []), environ, base_dir),
@@ -816,6 +828,10 @@ def _admin(s: _Section) -> AdminSettings:
         port=_port(s, "port"),
         api_keys=keys,
     ))
+
+
+def _check(s: _Section) -> CheckSettings:
+    return _finish(s, CheckSettings(enabled=s.get("enabled", bool), host=s.get("host", str), port=_port(s, "port")))
 
 
 def _logging(s: _Section) -> LoggingSettings:

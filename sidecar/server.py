@@ -29,8 +29,11 @@ RESTART_DELAY_SECONDS = 1.0
 
 
 def bind(settings: Settings) -> dict[str, socket.socket]:
-    """The listening sockets: "public", and "admin" when admin keys are configured."""
+    """The listening sockets: "public", "check" unless ``check.enabled = false``, and
+    "admin" when admin keys are configured."""
     wanted = {"public": (settings.server.host, settings.server.port)}
+    if settings.check.enabled:
+        wanted["check"] = (settings.check.host, settings.check.port)
     if settings.admin.enabled:
         wanted["admin"] = (settings.admin.host, settings.admin.port)
     else:
@@ -52,6 +55,7 @@ async def _serve(settings: Settings, sockets: dict[str, socket.socket], label: s
     from sidecar.web import create_admin_app, create_app, open_services
     from sidecar.web.app import checks_first, handler_kwargs, runner_kwargs
     from sidecar.web.listener import GuardedSockSite
+    from sidecar.wire import CheckListener
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -60,6 +64,7 @@ async def _serve(settings: Settings, sockets: dict[str, socket.socket], label: s
 
     async with open_services(settings) as services:
         runners: list[web.AppRunner] = []
+        check: CheckListener | None = None
         apps = {"public": create_app(settings, services)}
         if "admin" in sockets:
             apps["admin"] = create_admin_app(settings, services)
@@ -78,14 +83,21 @@ async def _serve(settings: Settings, sockets: dict[str, socket.socket], label: s
                 ).start()
                 host, port = sockets[name].getsockname()[:2]
                 log.info("%s listener on http://%s:%d%s", name, host, port, label)
+            if "check" in sockets:
+                check = CheckListener(services.check, settings)
+                await check.start(sockets["check"])
+                host, port = sockets["check"].getsockname()[:2]
+                log.info("check listener on http://%s:%d/introspect%s", host, port, label)
             print(f"sidecar: ready{label}", file=sys.stderr, flush=True)
             await stop.wait()
             log.info("shutting down%s: no new connections, draining requests in flight", label)
         finally:
             # Stop accepting first, then drain in-flight requests (shutdown_timeout), then
             # close the services (which flushes batched last_seen writes).
-            for runner in reversed(runners):
-                await runner.cleanup()
+            drains = [runner.cleanup() for runner in reversed(runners)]
+            if check is not None:
+                drains.append(check.shutdown(settings.server.shutdown_timeout_seconds))
+            await asyncio.gather(*drains)
 
 
 def _run_worker(settings: Settings, sockets: dict[str, socket.socket], label: str) -> int:
@@ -117,7 +129,7 @@ def raise_open_file_limit(settings: Settings) -> int:
         except (ValueError, OSError) as e:
             log.warning("open-file limit: cannot raise %d to the hard limit %d: %s", soft, hard, e)
     log.info("open-file limit: %d (hard limit %s)", soft, "unlimited" if hard == resource.RLIM_INFINITY else hard)
-    listeners = 2 if settings.admin.enabled else 1
+    listeners = 1 + int(settings.admin.enabled) + int(settings.check.enabled)
     if soft != resource.RLIM_INFINITY and settings.server.max_connections * listeners >= soft:
         log.warning(
             "server.max_connections (%d per listener, %d listeners) reaches the open-file limit %d: "
