@@ -1,6 +1,6 @@
 """``python -m bench``: run the measurements, print the tables, write the JSON.
 
-    python -m bench                                  # everything, ~5 minutes
+    python -m bench                                  # everything, ~6 minutes
     python -m bench --only cached,gateways --duration 5
     python -m bench --only cold --profile            # + py-spy hot spots of the sidecar
 

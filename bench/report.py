@@ -62,7 +62,7 @@ def code_fingerprint() -> str:
 
 def machine(cpus: Cpus) -> dict[str, Any]:
     versions = {}
-    for dist in ("aiohttp", "PyJWT", "cryptography", "uvloop", "aiosqlite"):
+    for dist in ("aiohttp", "PyJWT", "cryptography", "uvloop", "aiosqlite", "fastapi", "uvicorn", "httptools"):
         try:
             versions[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
@@ -171,11 +171,15 @@ def render(results: dict[str, Any], meta: dict[str, Any], profiles: Sequence[Pro
     m = meta["machine"]
     s = meta["settings"]
     codes = {r.get("code") for r in results.values() if isinstance(r, dict)}
+    app_versions = ""
+    if "middleware" in results:  # the app stack of row 7 (older files did not record it)
+        app_versions = "".join(f", {dist} {m['versions'][dist]}" for dist in ("fastapi", "uvicorn", "httptools")
+                               if dist in m["versions"])
     parts = [
         f"Machine: {m['nproc']} CPUs ({m['cpu_model']}), Python {m['python']}, Linux {m['kernel']}; "
         f"{m['wrk']}, nginx {m['nginx']}, Envoy {m['envoy']}; aiohttp {m['versions']['aiohttp']}, "
         f"PyJWT {m['versions']['PyJWT']}, cryptography {m['versions']['cryptography']}, "
-        f"uvloop {m['versions']['uvloop']}; commit {m['commit']}{' (+ local changes)' if m['dirty'] else ''}, "
+        f"uvloop {m['versions']['uvloop']}{app_versions}; commit {m['commit']}{' (+ local changes)' if m['dirty'] else ''}, "
         f"sidecar/ fingerprint {meta['code']}.",
         f"Servers on CPU {m['server_cpu']}, wrk on CPU {m['load_cpu']}; wrk -t{s['threads']} -c{s['connections']}, "
         f"{s['duration']:g} s per measurement after a {s['warmup']:g} s warm-up"
@@ -221,6 +225,16 @@ def render(results: dict[str, Any], meta: dict[str, Any], profiles: Sequence[Pro
         for k in keys:
             row("5", f"sidecar, {int(k):,} stored sessions (1,000 cached tokens)", ss[k],
                 f"{_x(ss['rps_ratio'])} req/s" if k == keys[-1] else "")
+    if "middleware" in results:
+        mw = results["middleware"]
+        served = mw.get("uvicorn", {})
+        under = f"FastAPI (uvicorn, {served.get('loop', '?')} + {served.get('http', '?')})"
+        row("7", f"{under}, no auth", mw["none"])
+        row("7", f"{under} + sidecar.client ASGI middleware → sidecar, 1,000 cached tokens", mw["sidecar"],
+            f"{_x(mw['sidecar_rps_ratio'])} req/s, {_x(mw['sidecar_p99_ratio'])} p99; "
+            f"{_x(mw['sidecar_vs_pyjwt_rps_ratio'])} req/s of PyJWT in the app")
+        row("7", f"{under} + PyJWT jwt.decode in the app (HS256, exp; no session check)", mw["pyjwt"],
+            f"{_x(mw['pyjwt_rps_ratio'])} req/s, {_x(mw['pyjwt_p99_ratio'])} p99")
     parts.append(table(
         ["#", "measurement", "req/s", "p50 ms", "p99 ms", "ratio", "busy % server / wrk core", "other procs %"], rows
     ))

@@ -1,4 +1,4 @@
-"""The six measurements of issue 6, each on its own fresh processes.
+"""The six measurements of issue 6 and issue 17's middleware row, each on its own fresh processes.
 
 1. ``cached``   bare aiohttp 200 handler vs ``/introspect`` with 1,000 cached tokens
 2. ``cold``     per algorithm: the same sidecar with cached tokens, then a new token on
@@ -7,6 +7,8 @@
 4. ``envoy``    Envoy ext_authz, the same
 5. ``sessions`` cached-token throughput with 10,000 and with 1,000,000 stored sessions
 6. ``memory``   RSS growth while 100,000 distinct sessions go through the check
+7. ``middleware`` a FastAPI app under uvicorn: no auth vs sidecar.client's ASGI middleware
+                asking the sidecar (cached tokens) vs the app decoding the JWT with PyJWT
 
 Cold tokens ("every request a new token") belong to the 1,000 sessions that are already
 registered: each is new to the verifier (its own ``jti`` and bytes, so the verified-claims
@@ -34,14 +36,17 @@ from bench.servers import (
     SessionSpace,
     Sidecar,
     expect_allowed,
+    expect_refused,
     gc_delta,
     introspect_each,
     populate,
     start_app,
     start_bare,
     start_envoy,
+    start_fastapi,
     start_nginx,
     start_sidecar,
+    uvicorn_implementations,
 )
 from bench.tokens import (
     SigningKey,
@@ -509,6 +514,53 @@ def memory(run: Run) -> dict[str, Any]:
     }
 
 
+# ---------------------------------------------------------------------------- 7. middleware
+
+
+def middleware(run: Run) -> dict[str, Any]:
+    """The same FastAPI app three ways, side by side: no auth; sidecar.client's ASGI
+    middleware asking a real sidecar (the cached pool of the other rows); the app verifying
+    the HS256 token itself with PyJWT (signature and exp, no session check). The app, its
+    sidecar and nothing else run on the server core, as in the gateway rows."""
+    key = SigningKey.generate("HS256")
+    sidecar = run.sidecar("sidecar-middleware", key)
+    tokens, pool = _registered_pool(run, sidecar, key, "middleware")
+    plain = start_fastapi(run.procs, "fastapi-none", "none")
+    with_sidecar = start_fastapi(run.procs, "fastapi-sidecar", "sidecar", sidecar=sidecar)
+    with_pyjwt = start_fastapi(run.procs, "fastapi-pyjwt", "pyjwt", key=key)
+    for server in (plain, with_sidecar, with_pyjwt):
+        expect_allowed(server, tokens[0])
+    for server in (with_sidecar, with_pyjwt):
+        expect_refused(server)
+    plain_result, sidecar_result, pyjwt_result = run.compare(
+        [(plain, "/bench", pool), (with_sidecar, "/bench", pool), (with_pyjwt, "/bench", pool)]
+    )
+    # Where the middleware's time goes: the app's process (the check's client side).
+    run.profile("middleware-app", with_sidecar, "/bench", pool)
+    run.procs.stop_all()
+    return {
+        "app": "FastAPI under uvicorn, one worker, no access log",
+        "uvicorn": uvicorn_implementations(),
+        "tokens": POOL,
+        "sessions": POOL,
+        "none": plain_result,
+        "sidecar": sidecar_result,
+        "pyjwt": pyjwt_result,
+        **_middleware_ratios(plain_result, sidecar_result, pyjwt_result),
+    }
+
+
+def _middleware_ratios(plain: dict[str, Any], sidecar: dict[str, Any], pyjwt: dict[str, Any]) -> dict[str, float]:
+    return {
+        "sidecar_rps_ratio": paired_ratio(plain, sidecar, "rps"),
+        "pyjwt_rps_ratio": paired_ratio(plain, pyjwt, "rps"),
+        "sidecar_vs_pyjwt_rps_ratio": paired_ratio(pyjwt, sidecar, "rps"),
+        "sidecar_p99_ratio": paired_ratio(plain, sidecar, "p99_ms"),
+        "pyjwt_p99_ratio": paired_ratio(plain, pyjwt, "p99_ms"),
+        "sidecar_vs_pyjwt_p99_ratio": paired_ratio(pyjwt, sidecar, "p99_ms"),
+    }
+
+
 def rederive(results: dict[str, Any]) -> None:
     """Recompute every ratio of stored ``results`` from their figures and runs with the
     estimators above (for ``python -m bench --render`` of an older file)."""
@@ -522,6 +574,9 @@ def rederive(results: dict[str, Any]) -> None:
         small, large = sorted((k for k in r if k.isdigit()), key=int)
         r["rps_ratio"] = paired_ratio(r[small], r[large], "rps")
         r["p99_ratio"] = paired_ratio(r[small], r[large], "p99_ms")
+    if "middleware" in results:
+        r = results["middleware"]
+        r.update(_middleware_ratios(r["none"], r["sidecar"], r["pyjwt"]))
     for a in results.get("cold", {}).get("algorithms", {}).values():
         a["cold_cost_us"] = round(cold_cost_us(a["cached"], a["cold"]), 1)
         a["cold_cost_by_rate_us"] = round(cold_cost_us(a["cached"], a["cold"], wall=True), 1)
@@ -538,4 +593,5 @@ SCENARIOS: dict[str, Callable[[Run], dict[str, Any]]] = {
     "envoy": envoy,
     "sessions": sessions,
     "memory": memory,
+    "middleware": middleware,
 }

