@@ -42,6 +42,10 @@ def summary(settings: Settings, path: str) -> list[str]:
         f"{path}: OK",
         f"  server      http://{s.server.host}:{s.server.port} (trusted proxies: "
         f"{', '.join(map(str, s.server.trusted_proxies)) or 'none'})",
+        f"  check       http://{s.check.host}:{s.check.port}/introspect (the check listener: point gateways here)"
+        if s.check.enabled
+        else f"  check       no check listener (check.enabled = false): gateways use "
+        f"http://{s.server.host}:{s.server.port}/introspect",
         f"  jwt         {', '.join(j.algorithms)}; user claim {j.user_claim!r}",
     ]
     if j.token_type_claim is not None:
