@@ -269,8 +269,7 @@ class CheckProtocol(asyncio.Protocol):
                 task = asyncio.get_running_loop().create_task(self._decide(slot, facts, head))
                 self.tasks.add(task)
                 task.add_done_callback(self.tasks.discard)
-                if len(self.waiting) >= MAX_WAITING:
-                    self._pause("waiting")
+                self._check_line()
                 self._after_message(close)
                 return
         if self.listener.access_log:
@@ -296,6 +295,11 @@ class CheckProtocol(asyncio.Protocol):
         slot = _Slot(close)
         slot.data = data
         self.waiting.append(slot)
+        self._check_line()
+
+    def _check_line(self) -> None:
+        if len(self.waiting) >= MAX_WAITING:
+            self._pause("waiting")
 
     async def _decide(self, slot: _Slot, facts: RequestFacts, head: bool) -> None:
         answer = await self.core.decide(facts)
