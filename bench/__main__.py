@@ -22,11 +22,12 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from bench.procs import REPO, BenchError, Cpus, Processes
+from bench.procs import BenchError, Cpus, Processes
 from bench.profiling import Profile
 from bench.report import code_fingerprint, machine, render, targets
 from bench.scenarios import SCENARIOS, Options, Run, rederive
 from bench.tokens import ALGORITHMS
+from tests.support import REPO
 
 RESULTS = REPO / "bench" / "results"
 ALIASES = {"gateways": ("nginx", "envoy"), "all": tuple(SCENARIOS)}

@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from bench.cpu import Snapshot, Usage, wait_quiet
-from bench.procs import BenchError, find_binary, pinned_child
+from bench.procs import BenchError, pinned_child
+from tests.support.binaries import find_binary
 
 Mode = Literal["cycle", "once"]
 

@@ -15,7 +15,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.procs import REPO, BenchError, find_binary, pinned_child
+from bench.procs import BenchError, pinned_child
+from tests.support import REPO
+from tests.support.binaries import find_binary
 
 PY_SPY_HINT = ".venv/bin/pip install py-spy"
 # Frames that hold the event loop (or start the process): in most samples, saying nothing.

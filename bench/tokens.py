@@ -27,6 +27,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import get_default_algorithms
 
+from tests.support.tokens import mint as mint_token
+
 ALGORITHMS = ("HS256", "RS256", "ES256")
 TOKEN_TTL = 6 * 3600
 
@@ -102,8 +104,7 @@ def _mint_chunk(chunk: Sequence[tuple[str, str]], iat: int) -> list[str]:
     algorithm, key = _worker_key
     out = []
     for user, sid in chunk:
-        claims = {"sub": user, "sid": sid, "iat": iat, "exp": iat + TOKEN_TTL, "jti": uuid.uuid4().hex}
-        out.append(jwt.encode(claims, key, algorithm=algorithm))
+        out.append(mint_token(user, key=key, algorithm=algorithm, now=iat, ttl=TOKEN_TTL, sid=sid, jti=uuid.uuid4().hex))
     return out
 
 

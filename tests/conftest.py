@@ -1,38 +1,48 @@
-"""Shared test helpers: settings, token minting, a running sidecar on loopback.
+"""Fixtures for every test: a running sidecar on loopback, on the harness in tests/support.
 
 Tests go through real servers (aiohttp's test server on 127.0.0.1), real SQLite files
 in a temporary folder and the real MaxMind test databases in ``../shared/testdata``.
+The helpers themselves (settings, tokens, processes...) live in ``tests/support``; the
+names below stay importable from here for the modules that still import them so.
 """
 
 from __future__ import annotations
 
-import json
-import time
-import uuid
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Generator
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import jwt
 import pytest
 from aiohttp.test_utils import TestClient
 
 from sidecar.clock import Clock, SystemClock
-from sidecar.config import Settings, from_mapping
+from sidecar.config import Settings
 from sidecar.web import Services, create_admin_app, create_app, open_services
 from sidecar.web.app import checks_first, runner_kwargs
+from tests.support import REPO, HarnessError
+from tests.support.configs import settings_for, write_toml
+from tests.support.sessions import CHROME_WINDOWS
+from tests.support.tokens import ADMIN, ADMIN_KEY, OMIT, SECRET, bearer, mint
 
-REPO = Path(__file__).resolve().parents[1]
+__all__ = [
+    "ADMIN", "ADMIN_KEY", "CHROME_WINDOWS", "GEOIP_DIR", "OMIT", "REPO", "SECRET", "Sidecar", "bearer",
+    "geoip_db", "mint", "settings_for", "write_toml",
+]
+
 SHARED = REPO.parent / "shared"
 GEOIP_DIR = SHARED / "testdata" / "geoip"
 
-SECRET = "test-secret-for-hs256-that-is-long-enough-0123456789"
-ADMIN_KEY = "test-admin-key-0123456789abcdef"
-CHROME_WINDOWS = (
-    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 "
-    "(KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36"
-)
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, Any]:
+    """A HarnessError (a binary missing, a process never ready) fails with its message
+    alone, no traceback: it is about the machine, not the code."""
+    report = yield
+    if call.excinfo is not None and call.excinfo.errisinstance(HarnessError):
+        report.longrepr = str(call.excinfo.value)
+    return report
 
 
 def geoip_db(name: str = "GeoIP2-City-Test.mmdb") -> Path:
@@ -40,90 +50,6 @@ def geoip_db(name: str = "GeoIP2-City-Test.mmdb") -> Path:
     if not path.is_file():
         pytest.fail(f"MaxMind test database missing: {path} (shared/testdata/geoip beside the repo)")
     return path
-
-
-def settings_for(tmp_path: Path, **sections: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> Settings:
-    """Settings for a test: HS256 with SECRET, SQLite in tmp_path, admin key set.
-
-    Keyword arguments override or extend whole sections' keys, e.g.
-    ``settings_for(tmp_path, jwt={"user_claim": "user_id"})``; a list is an array of
-    tables, e.g. ``routes=[{"path": "/login", "policy": "public"}]``.
-    """
-    raw: dict[str, dict[str, Any]] = {
-        "server": {"trusted_proxies": ["127.0.0.1/32", "::1/128"]},
-        "jwt": {"algorithms": ["HS256"], "secret": SECRET, "leeway_seconds": 0},
-        "storage": {"url": f"sqlite:///{tmp_path / 'sidecar.db'}"},
-        "admin": {"api_keys": [ADMIN_KEY]},
-        "sessions": {"last_seen_flush_seconds": 0.2},
-    }
-    for name, values in sections.items():
-        if isinstance(values, Sequence):
-            raw[name] = list(values)  # type: ignore[assignment]  # an array of tables
-        else:
-            raw.setdefault(name, {}).update(values)
-    return from_mapping(raw, environ={}, base_dir=tmp_path)
-
-
-def toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int | float):
-        return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v)  # a JSON string is a valid TOML basic string
-    if isinstance(v, list):
-        return "[" + ", ".join(toml_value(x) for x in v) + "]"
-    raise TypeError(f"no TOML for {v!r}")
-
-
-def write_toml(path: Path, sections: Mapping[str, Mapping[str, Any]]) -> Path:
-    """Write ``sections`` as a TOML config file (what a real process is started with)."""
-    lines: list[str] = []
-    for name, values in sections.items():
-        lines.append(f"[{name}]")
-        lines.extend(f"{k} = {toml_value(v)}" for k, v in values.items())
-        lines.append("")
-    path.write_text("\n".join(lines), encoding="utf-8")
-    return path
-
-
-def mint(
-    sub: str | int = "alice",
-    *,
-    key: Any = SECRET,
-    algorithm: str = "HS256",
-    ttl: float = 3600,
-    now: float | None = None,
-    headers: Mapping[str, Any] | None = None,
-    sid: str | bool | None = True,
-    **claims: Any,
-) -> str:
-    """A signed token. ``sid=True`` gives a fresh session id; ``sid=None`` omits it."""
-    issued = int(now if now is not None else time.time())
-    payload: dict[str, Any] = {"sub": sub, "iat": issued, "exp": issued + int(ttl)}
-    if sid is True:
-        payload["sid"] = str(uuid.uuid4())
-    elif isinstance(sid, str):
-        payload["sid"] = sid
-    payload.update(claims)
-    payload = {k: v for k, v in payload.items() if v is not _OMIT}
-    return jwt.encode(payload, key, algorithm=algorithm, headers=dict(headers) if headers else None)
-
-
-class _Omit:
-    def __repr__(self) -> str:
-        return "OMIT"
-
-
-_OMIT: Any = _Omit()
-OMIT: Any = _OMIT  # pass as a claim value to drop a default claim, e.g. mint(iat=OMIT)
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
-ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 
 @dataclass
@@ -141,6 +67,17 @@ class Sidecar:
         async with self.public.get("/introspect", headers=h) as resp:
             return resp.status
 
+    async def session_id(self, token: str) -> str:
+        """Use a token once (auto registration) and return its session id."""
+        async with self.public.get("/introspect", headers=bearer(token)) as resp:
+            assert resp.status == 200, await resp.text()
+            return resp.headers["X-Auth-Session"]
+
+    async def revoke(self, token: str, session_id: str) -> None:
+        """Revoke ``session_id`` through the sessions API, as the token's user."""
+        async with self.public.delete(f"/api/v1/sessions/{session_id}/", headers=bearer(token)) as resp:
+            assert resp.status == 204, await resp.text()
+
     async def sessions(self, token: str) -> list[dict[str, Any]]:
         async with self.public.get("/api/v1/sessions/", headers=bearer(token)) as resp:
             assert resp.status == 200, await resp.text()
@@ -157,8 +94,6 @@ async def start_sidecar(
     tmp_path: Path, aiohttp_client: Any, aiohttp_server: Any
 ) -> AsyncIterator[Callable[..., Any]]:
     """Factory: ``await start_sidecar(settings=None, clock=None)`` -> Sidecar."""
-    from contextlib import AsyncExitStack
-
     async with AsyncExitStack() as stack:
 
         async def start(settings: Settings | None = None, clock: Clock | None = None) -> Sidecar:

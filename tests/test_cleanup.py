@@ -21,7 +21,9 @@ from sidecar.config import from_mapping
 from sidecar.errors import ConfigError
 from sidecar.sessions import Session
 from sidecar.sessions.sqlite import SqliteStore
-from tests.conftest import Sidecar, bearer, mint, settings_for
+from tests.support.configs import settings_for
+from tests.support.sessions import opened, stored_session
+from tests.support.tokens import mint
 
 NOW = 1_700_000_000.0
 DAY = 86400.0
@@ -29,31 +31,14 @@ DAY = 86400.0
 POLICY = CleanupPolicy(keep_seconds=60.0, max_token_lifetime_seconds=DAY, batch_size=3)
 
 
-def session(
-    key: str, *, expires: float, revoked: float | None = None, user: str = "alice"
-) -> Session:
-    return Session(
-        id=str(uuid.uuid4()),
-        session_key=key,
-        user_id=user,
-        created_at=expires - 3600,
-        last_seen=expires - 3600,
-        expires_at=expires,
-        revoked_at=revoked,
-        ip_address="203.0.113.9",
-        device="Chrome on Windows",
-        location="Unknown",
-    )
+def session(key: str, *, expires: float, revoked: float | None = None, user: str = "alice") -> Session:
+    return stored_session(user, key, created=expires - 3600, expires=expires, revoked=revoked)
 
 
 @pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    s = SqliteStore(tmp_path / "cleanup.db", busy_timeout_ms=5000)
-    await s.open()
-    try:
+    async with opened(SqliteStore(tmp_path / "cleanup.db", busy_timeout_ms=5000)) as s:
         yield s
-    finally:
-        await s.close()
 
 
 def keys_in(path: Path) -> set[str]:
@@ -256,18 +241,6 @@ def test_bad_max_token_lifetime_is_one_line_naming_the_key(tmp_path: Path, value
 # --------------------------------------------------------------------- through a real sidecar
 
 
-async def session_id_of(sidecar: Sidecar, token: str) -> str:
-    """Use a token once (auto registration) and return its session id."""
-    async with sidecar.public.get("/introspect", headers=bearer(token)) as resp:
-        assert resp.status == 200, await resp.text()
-        return resp.headers["X-Auth-Session"]
-
-
-async def revoke(sidecar: Sidecar, token: str, session_id: str) -> None:
-    async with sidecar.public.delete(f"/api/v1/sessions/{session_id}/", headers=bearer(token)) as resp:
-        assert resp.status == 204, await resp.text()
-
-
 async def test_unseen_token_of_a_revoked_session_stays_refused_after_cleanup(
     start_sidecar: Any, tmp_path: Path
 ) -> None:
@@ -279,8 +252,8 @@ async def test_unseen_token_of_a_revoked_session_stays_refused_after_cleanup(
     sid = str(uuid.uuid4())
     seen = mint("alice", sid=sid, ttl=60)
     unseen = mint("alice", sid=sid, ttl=3600)  # e.g. refreshed, not used yet
-    session_id = await session_id_of(first, seen)
-    await revoke(first, seen, session_id)
+    session_id = await first.session_id(seen)
+    await first.revoke(seen, session_id)
     await first.services.sessions.flush()
 
     # Long after the seen token expired, but within max_token_lifetime of the revocation.

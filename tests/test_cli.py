@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -18,14 +17,9 @@ import aiohttp
 import pytest
 
 from tests.conftest import ADMIN_KEY, CHROME_WINDOWS, REPO, SECRET
+from tests.support.configs import Listeners, Section, sqlite_url, write_sidecar_config
 
 PYTHON = sys.executable
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def sidecar(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -35,37 +29,20 @@ def sidecar(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[
     )
 
 
-def write_config(tmp_path: Path, port: int, admin_port: int, extra: str = "") -> Path:
-    path = tmp_path / "sidecar.toml"
-    path.write_text(
-        f"""
-[server]
-port = {port}
-trusted_proxies = ["127.0.0.1/32"]
-shutdown_timeout_seconds = 5
-
-[jwt]
-algorithms = ["HS256"]
-secret_env = "TEST_JWT_SECRET"
-leeway_seconds = 0
-
-[storage]
-url = "sqlite:///{tmp_path / 'cli.db'}"
-
-[admin]
-port = {admin_port}
-api_keys = ["{ADMIN_KEY}"]
-{extra}
-"""
+def write_config(tmp_path: Path, listeners: Listeners, **sections: Section) -> Path:
+    """The test config with the secret read from TEST_JWT_SECRET, as an operator would set it."""
+    return write_sidecar_config(
+        tmp_path / "sidecar.toml", listeners, sqlite_url(tmp_path / "cli.db"),
+        server={"shutdown_timeout_seconds": 5}, jwt={"secret": None, "secret_env": "TEST_JWT_SECRET"}, **sections,
     )
-    return path
 
 
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], Path, int, int]]:
     """A `sidecar serve` process on free ports, stopped at teardown."""
-    port, admin_port = free_port(), free_port()
-    config = write_config(tmp_path, port, admin_port)
+    listeners = Listeners.free()
+    port, admin_port = listeners.public, listeners.admin
+    config = write_config(tmp_path, listeners)
     env = {**os.environ, "TEST_JWT_SECRET": SECRET}
     proc = subprocess.Popen(
         [PYTHON, "-m", "sidecar", "serve", "--config", str(config)],
@@ -217,7 +194,7 @@ def test_check_config_warns_when_no_proxy_is_trusted(tmp_path: Path) -> None:
     result = sidecar("check-config", "--config", str(cfg))
     assert result.returncode == 0, result.stderr
     assert warning in result.stderr.splitlines()
-    trusted = sidecar("check-config", "--config", str(write_config(tmp_path, free_port(), free_port())))
+    trusted = sidecar("check-config", "--config", str(write_config(tmp_path, Listeners.free())))
     assert trusted.returncode == 0, trusted.stderr
     assert "warning" not in trusted.stderr
 
@@ -265,7 +242,7 @@ def test_mint_token_follows_the_claims_settings(tmp_path: Path) -> None:
 
 def test_cleanup_command_deletes_expired_sessions_only(tmp_path: Path) -> None:
     """`sidecar cleanup` deletes sessions long expired and keeps live and revoked-unexpired ones."""
-    cfg = write_config(tmp_path, free_port(), free_port(), "[celery]\ncleanup_grace_seconds = 0\n")
+    cfg = write_config(tmp_path, Listeners.free(), celery={"cleanup_grace_seconds": 0})
     env_cfg = cfg.read_text().replace('secret_env = "TEST_JWT_SECRET"', f'secret = "{SECRET}"')
     cfg.write_text(env_cfg)
     first = sidecar("cleanup", "--config", str(cfg))  # creates the schema
@@ -292,8 +269,9 @@ def test_cleanup_command_deletes_expired_sessions_only(tmp_path: Path) -> None:
 
 async def test_json_logs_carry_the_request_id_and_never_a_token(tmp_path: Path) -> None:
     """logging.format = "json": one JSON object per line, the gateway's X-Request-Id, no token."""
-    port, admin_port = free_port(), free_port()
-    config = write_config(tmp_path, port, admin_port, '[logging]\nformat = "json"\n')
+    listeners = Listeners.free()
+    port = listeners.public
+    config = write_config(tmp_path, listeners, logging={"format": "json"})
     env = {**os.environ, "TEST_JWT_SECRET": SECRET}
     log = tmp_path / "serve.log"
     with log.open("wb") as out:

@@ -13,11 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import shutil
 import signal
 import socket
 import sqlite3
-import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Mapping
@@ -38,9 +36,14 @@ from sidecar.sessions.sqlite import SqliteStore
 from sidecar.tokens import JwksKeys, TokenVerifier
 from sidecar.tokens.claims import Claims
 from sidecar.web.limits import RateLimiter
-from tests.conftest import ADMIN, ADMIN_KEY, CHROME_WINDOWS, SECRET, Sidecar, bearer, mint, settings_for, write_toml
-from tests.gateways.support import Service, free_ports, log_says, port_open, running
+from tests.conftest import Sidecar
 from tests.sessions import pg
+from tests.support.configs import settings_for, sqlite_url
+from tests.support.ports import free_ports, port_open
+from tests.support.processes import redis_server, rss_kib
+from tests.support.sessions import CHROME_WINDOWS, session_service
+from tests.support.sidecar import SidecarProcess, run_sidecar
+from tests.support.tokens import ADMIN, bearer, mint
 from tests.tokens.keys import pair
 
 T = TypeVar("T")
@@ -58,74 +61,24 @@ STORE_UNAVAILABLE = {"status": "error", "status_code": 503, "message": "Session 
 
 # ---------------------------------------------------------------------------- processes
 
+Node = SidecarProcess  # one running ``sidecar serve`` process
 
-@dataclass
-class Node:
-    """One running ``sidecar serve`` process."""
-
-    name: str
-    port: int
-    admin_port: int
-    config: Path
-    service: Service
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def admin_url(self) -> str:
-        return f"http://127.0.0.1:{self.admin_port}"
-
-    @property
-    def pid(self) -> int:
-        return self.service.proc.pid
-
-
-def write_config(
-    workdir: Path, name: str, port: int, admin_port: int, storage_url: str, **sections: Mapping[str, Any]
-) -> Path:
-    """A config file: HS256 with SECRET, the admin key, the given store; ``sections`` add or override keys."""
-    raw: dict[str, dict[str, Any]] = {
-        "server": {
-            "host": "127.0.0.1",
-            "port": port,
-            "trusted_proxies": ["127.0.0.1/32"],
-            "shutdown_timeout_seconds": SHUTDOWN_TIMEOUT,
-        },
-        "jwt": {"algorithms": ["HS256"], "secret": SECRET, "leeway_seconds": 0},
-        "sessions": {"catchup_interval_seconds": 0.5, "max_staleness_seconds": 3.0, "last_seen_flush_seconds": 0.5},
-        "storage": {"url": storage_url},
-        "admin": {"host": "127.0.0.1", "port": admin_port, "api_keys": [ADMIN_KEY]},
-    }
-    for section, values in sections.items():
-        raw.setdefault(section, {}).update(values)
-    return write_toml(workdir / f"{name}.toml", raw)
 
 
 @contextmanager
 def serve(workdir: Path, name: str, storage_url: str, **sections: Mapping[str, Any]) -> Iterator[Node]:
-    """``python -m sidecar serve`` on free ports until it says ready; SIGTERM (then SIGKILL) at the end."""
-    port, admin_port = free_ports(2)
-    config = write_config(workdir, name, port, admin_port, storage_url, **sections)
-    argv = [sys.executable, "-m", "sidecar", "serve", "--config", str(config)]
-    with running(name, argv, workdir, log_says("sidecar: ready", port)) as service:
-        yield Node(name, port, admin_port, config, service)
+    """``python -m sidecar serve`` on free ports until it says ready; SIGTERM (then SIGKILL) at the end.
 
-
-def sqlite_url(path: Path) -> str:
-    return f"sqlite:///{path}"
-
-
-@contextmanager
-def redis_server(workdir: Path, port: int) -> Iterator[Service]:
-    """A throwaway redis-server on ``port`` that keeps nothing on disk."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.fail("redis-server is not on PATH: install it (apt-get install redis-server)", pytrace=False)
-    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    with running(f"redis-{port}", argv, workdir, log_says("Ready to accept connections", port)) as service:
-        yield service
+    The test config with a catch-up every 0.5 s; ``sections`` add or override keys.
+    """
+    defaults: dict[str, Any] = {
+        "server": {"shutdown_timeout_seconds": SHUTDOWN_TIMEOUT},
+        "sessions": {"catchup_interval_seconds": 0.5, "max_staleness_seconds": 3.0, "last_seen_flush_seconds": 0.5},
+    }
+    for section, values in sections.items():
+        defaults[section] = {**defaults.get(section, {}), **values}
+    with run_sidecar(workdir, storage_url, name=name, **defaults) as node:
+        yield node
 
 
 @contextmanager
@@ -142,11 +95,8 @@ def locked(db: Path) -> Iterator[sqlite3.Connection]:
 
 
 def rss_bytes(pid: int) -> int:
-    """Resident memory of a process (VmRSS in /proc/PID/status)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    pytest.fail(f"no VmRSS for pid {pid}")
+    """Resident memory of a process."""
+    return rss_kib(pid) * 1024
 
 
 def unread_bytes(server_port: int, client_port: int) -> int | None:
@@ -777,10 +727,7 @@ async def test_wall_clock_jumping_back_does_not_make_stale_memory_look_fresh(tmp
     try:
 
         def service() -> SessionService:
-            return SessionService(
-                store, clock, registration="auto", describe_device=lambda ua: "Unknown device",
-                locate=lambda ip: "Unknown", max_staleness=5.0,
-            )
+            return session_service(store, clock, max_staleness=5.0)
 
         clock = ManualClock(wall=NOW)
         here, elsewhere = service(), service()

@@ -25,8 +25,10 @@ import aiohttp
 import pytest
 
 from sidecar.web.envelope import rfc3339
-from tests.conftest import ADMIN_KEY, SECRET, mint, write_toml
-from tests.test_cli import free_port
+from tests.support.configs import Listeners, sqlite_url, write_sidecar_config
+from tests.support.processes import SIDECAR_READY, log_says, sidecar_argv
+from tests.support.processes import start as start_process
+from tests.support.tokens import ADMIN_KEY, mint
 
 PYTHON = sys.executable
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -57,35 +59,23 @@ class Served:
 def start(folder: Path, *, server: dict[str, Any] | None = None, nofile: tuple[int, int] | None = None) -> Served:
     """Start `sidecar serve` in ``folder`` under umask 022 (and RLIMIT_NOFILE ``nofile``), wait until ready."""
     folder.mkdir(parents=True, exist_ok=True)
-    port, admin_port = free_port(), free_port()
-    config = write_toml(folder / "sidecar.toml", {
-        "server": {"port": port, "trusted_proxies": ["127.0.0.1/32"], "shutdown_timeout_seconds": 5, **(server or {})},
-        "jwt": {"algorithms": ["HS256"], "secret": SECRET, "leeway_seconds": 0},
-        "storage": {"url": f"sqlite:///{folder / 'sessions.db'}"},
-        "admin": {"port": admin_port, "api_keys": [ADMIN_KEY]},
-        "logging": {"level": "DEBUG"},
-    })
+    listeners = Listeners.free()
+    config = write_sidecar_config(
+        folder / "sidecar.toml", listeners, sqlite_url(folder / "sessions.db"),
+        server={"shutdown_timeout_seconds": 5, **(server or {})}, logging={"level": "DEBUG"},
+    )
 
     def before_exec() -> None:
         os.umask(0o022)
         if nofile is not None:
             resource.setrlimit(resource.RLIMIT_NOFILE, nofile)
 
-    log = folder / "serve.log"
-    with log.open("wb") as out:
-        # preexec_fn: the limit and umask must hold from the first instruction of the child.
-        proc = subprocess.Popen(
-            [PYTHON, "-m", "sidecar", "serve", "--config", str(config)],
-            stdout=out, stderr=out, preexec_fn=before_exec,  # noqa: PLW1509 (the test starts no threads)
-        )
-    served = Served(proc, folder, port, admin_port, log)
-    deadline = time.monotonic() + 30
-    while "sidecar: ready" not in served.log_text():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            stop(served)
-            pytest.fail("sidecar serve did not get ready:\n" + served.log_text())
-        time.sleep(0.05)
-    return served
+    # preexec_fn: the limit and umask must hold from the first instruction of the child.
+    service = start_process(
+        "sidecar", sidecar_argv(config), cwd=folder, log=folder / "serve.log",
+        ready=log_says(SIDECAR_READY, listeners.public), preexec_fn=before_exec,
+    )
+    return Served(service.proc, folder, listeners.public, listeners.admin, service.log)
 
 
 def stop(served: Served) -> None:

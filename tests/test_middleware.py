@@ -30,8 +30,11 @@ from sidecar.client import SidecarAdmin, SidecarUnavailableError, TokenRejectedE
 from sidecar.client._check import Identity, PublicPaths, check_headers, interpret, target_of
 from sidecar.client.aiohttp_middleware import SIDECAR_IDENTITY, setup_sidecar
 from sidecar.client.asgi import Message, Receive, Scope, Send, SidecarAuthMiddleware
-from tests.conftest import ADMIN_KEY, CHROME_WINDOWS, REPO, SECRET, bearer, mint
-from tests.gateways.support import blackhole, free_ports, log_says, running
+from tests.support.ports import blackhole, free_ports
+from tests.support.processes import REPO_ON_PATH, log_says, running
+from tests.support.sessions import CHROME_WINDOWS
+from tests.support.sidecar import run_sidecar
+from tests.support.tokens import ADMIN_KEY, bearer, mint
 
 APP_MODULES = {"fastapi": "tests.apps.middleware_fastapi", "aiohttp": "tests.apps.middleware_aiohttp"}
 READY = {"fastapi": "Uvicorn running on", "aiohttp": "app: ready"}
@@ -74,7 +77,7 @@ class App:
 @contextmanager
 def run_app(kind: str, workdir: Path, sidecar_url: str, timeout: float = 1.0) -> Iterator[App]:
     [port] = free_ports(1)
-    env = {"SIDECAR_URL": sidecar_url, "APP_PORT": str(port), "SIDECAR_TIMEOUT": str(timeout), "PYTHONPATH": str(REPO)}
+    env = {"SIDECAR_URL": sidecar_url, "APP_PORT": str(port), "SIDECAR_TIMEOUT": str(timeout), **REPO_ON_PATH}
     argv = [sys.executable, "-m", APP_MODULES[kind]]
     with running(kind, argv, workdir, log_says(READY[kind], port), env=env):
         yield App(kind, port)
@@ -101,55 +104,19 @@ class Sidecar:
             conn.close()
 
 
-SIDECAR_TOML = """\
-[server]
-host = "127.0.0.1"
-port = {port}
-# The apps reach the sidecar from 127.0.0.1: that hop, and only it, is trusted.
-trusted_proxies = ["127.0.0.1/32"]
-
-[jwt]
-algorithms = ["HS256"]
-secret = "{secret}"
-leeway_seconds = 0
-cookie_name = "access_token"
-claim_headers = {{ email = "X-Auth-Email" }}
-
-[sessions]
-last_seen_flush_seconds = 0.2
-
-[storage]
-url = "sqlite:///{database}"
-
-[admin]
-port = {admin_port}
-api_keys = ["{admin_key}"]
-
-[[routes]]
-path = "/open/*"
-policy = "public"
-
-[[routes]]
-path = "/maybe/*"
-methods = ["GET", "HEAD"]
-policy = "optional"
-"""
-
-
 @pytest.fixture(scope="module")
 def sidecar(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sidecar]:
     """A real `sidecar serve` (auto registration), shared by the module."""
-    tmp = tmp_path_factory.mktemp("mw-sidecar")
-    port, admin_port = free_ports(2)
-    config = tmp / "sidecar.toml"
-    config.write_text(
-        SIDECAR_TOML.format(
-            port=port, admin_port=admin_port, secret=SECRET, admin_key=ADMIN_KEY, database=tmp / "sidecar.db"
-        )
-    )
-    argv = [sys.executable, "-m", "sidecar", "serve", "--config", str(config)]
-    with running("sidecar", argv, tmp, log_says("sidecar: ready", port), env={"PYTHONPATH": str(REPO)}):
-        yield Sidecar(port, f"http://127.0.0.1:{admin_port}")
+    # The apps reach the sidecar from 127.0.0.1: that hop, and only it, is trusted.
+    with run_sidecar(
+        tmp_path_factory.mktemp("mw-sidecar"),
+        jwt={"cookie_name": "access_token", "claim_headers": {"email": "X-Auth-Email"}},
+        routes=[
+            {"path": "/open/*", "policy": "public"},
+            {"path": "/maybe/*", "methods": ["GET", "HEAD"], "policy": "optional"},
+        ],
+    ) as running_sidecar:
+        yield Sidecar(running_sidecar.port, running_sidecar.admin_url)
 
 
 @pytest.fixture(scope="module", params=sorted(APP_MODULES))
@@ -499,7 +466,7 @@ def test_the_middlewares_import_nothing_of_the_server() -> None:
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
+        env={**os.environ, **REPO_ON_PATH},
     ).stdout.split()
     ours = {m for m in out if m == "sidecar" or m.startswith("sidecar.")}
     assert all(m == "sidecar" or m.startswith("sidecar.client") for m in ours), ours

@@ -10,14 +10,12 @@ import asyncio
 import json
 import os
 import re
-import shutil
 import signal as sig
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from contextlib import ExitStack, asynccontextmanager, contextmanager
+from contextlib import AbstractContextManager, ExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,66 +27,32 @@ import redis.asyncio as aioredis
 
 from sidecar.config import from_mapping
 from sidecar.sessions import SessionStore, store_from_settings
-from tests.conftest import ADMIN_KEY, SECRET, mint
-from tests.gateways.support import Service, free_ports, log_says, running
 from tests.sessions.pg import database
+from tests.support.configs import sidecar_config, sqlite_url
+from tests.support.ports import free_ports
+from tests.support.processes import Service, redis_server
+from tests.support.sessions import opened
+from tests.support.sidecar import SidecarProcess, run_sidecar
+from tests.support.tokens import ADMIN_KEY, bearer, mint
 
 
-@contextmanager
-def redis_server(workdir: Path, port: int) -> Iterator[Service]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.fail("redis-server is not on PATH: install it (apt-get install redis-server)")
-    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    with running(f"redis-{port}", argv, workdir, log_says("Ready to accept connections", port)) as service:
-        yield service
-
-
-def config(workdir: Path, name: str, port: int, admin_port: int, database: Path | str, **extra: Any) -> Path:
-    redis = extra.get("redis_port")
-    workers = extra.get("workers", 1)
-    catchup = extra.get("catchup", 0.5)
-    channel = f"test:{workdir.name}"  # one channel per test: its processes share it
-    path = workdir / f"{name}.toml"
-    path.write_text(
-        f"""
-[server]
-port = {port}
-workers = {workers}
-trusted_proxies = ["127.0.0.1/32"]
-shutdown_timeout_seconds = 2
-
-[jwt]
-algorithms = ["HS256"]
-secret = "{SECRET}"
-leeway_seconds = 0
-
-[sessions]
-catchup_interval_seconds = {catchup}
-max_staleness_seconds = {catchup * 6}
-last_seen_flush_seconds = 0.5
-
-[storage]
-url = "{database if isinstance(database, str) else f'sqlite:///{database}'}"
-
-[admin]
-port = {admin_port}
-api_keys = ["{ADMIN_KEY}"]
-"""
-        + (f'\n[redis]\nurl = "redis://127.0.0.1:{redis}/0"\nchannel = "{channel}"\n' if redis else "")
-    )
-    return path
-
-
-@contextmanager
-def sidecar(workdir: Path, name: str, cfg: Path, port: int) -> Iterator[Service]:
-    argv = [sys.executable, "-m", "sidecar", "serve", "--config", str(cfg)]
-    with running(name, argv, workdir, log_says("sidecar: ready", port)) as service:
-        yield service
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
+def sidecar(
+    workdir: Path, name: str, store: Path | str, *, redis_port: int | None = None, workers: int = 1, catchup: float = 0.5
+) -> AbstractContextManager[SidecarProcess]:
+    """``sidecar serve`` on ``store`` (a SQLite file or a PostgreSQL URL), with Redis when ``redis_port``."""
+    sections: dict[str, Any] = {
+        "server": {"workers": workers, "shutdown_timeout_seconds": 2},
+        "sessions": {
+            "catchup_interval_seconds": catchup,
+            "max_staleness_seconds": catchup * 6,
+            "last_seen_flush_seconds": 0.5,
+        },
+    }
+    if redis_port:
+        # One channel per test: its processes share it.
+        sections["redis"] = {"url": f"redis://127.0.0.1:{redis_port}/0", "channel": f"test:{workdir.name}"}
+    url = store if isinstance(store, str) else sqlite_url(store)
+    return run_sidecar(workdir, url, name=name, **sections)
 
 
 async def status(http: aiohttp.ClientSession, port: int, token: str) -> int:
@@ -136,16 +100,13 @@ def two_sidecars(
     With a 60 s catch-up interval only the Redis push can deliver a revocation within the
     tests' 2 s bound, so those runs prove the push itself.
     """
-    port_a, admin_a, port_b, admin_b, redis_port = free_ports(5)
-    db = shared_store
+    [redis_port] = free_ports(1)
     catchup = request.param
     with ExitStack() as stack:
         redis = stack.enter_context(redis_server(tmp_path, redis_port))
-        cfg_a = config(tmp_path, "a", port_a, admin_a, db, redis_port=redis_port, catchup=catchup)
-        cfg_b = config(tmp_path, "b", port_b, admin_b, db, redis_port=redis_port, catchup=catchup)
-        stack.enter_context(sidecar(tmp_path, "sidecar-a", cfg_a, port_a))
-        stack.enter_context(sidecar(tmp_path, "sidecar-b", cfg_b, port_b))
-        yield port_a, port_b, admin_a, redis
+        a = stack.enter_context(sidecar(tmp_path, "sidecar-a", shared_store, redis_port=redis_port, catchup=catchup))
+        b = stack.enter_context(sidecar(tmp_path, "sidecar-b", shared_store, redis_port=redis_port, catchup=catchup))
+        yield a.port, b.port, a.admin_port, redis
 
 
 @BOTH_PATHS
@@ -219,9 +180,8 @@ async def test_redis_down_falls_back_to_the_store_and_push_resumes(
 
 async def test_two_workers_share_a_port_and_honour_each_others_revocations(tmp_path: Path) -> None:
     """workers = 2 serves one port; a revocation through either worker is honoured by both."""
-    port, admin_port = free_ports(2)
-    cfg = config(tmp_path, "w", port, admin_port, tmp_path / "w.db", workers=2)
-    with sidecar(tmp_path, "workers", cfg, port) as service:
+    with sidecar(tmp_path, "workers", tmp_path / "w.db", workers=2) as node:
+        port, service = node.port, node.service
         # One client per worker: keep-alive pins a connection, /healthz says which pid it reached.
         pinned: dict[int, aiohttp.ClientSession] = {}
         try:
@@ -255,9 +215,8 @@ async def test_two_workers_share_a_port_and_honour_each_others_revocations(tmp_p
 
 def test_a_killed_worker_is_replaced(tmp_path: Path) -> None:
     """With workers = 2, a worker killed with SIGKILL is restarted and the port keeps answering."""
-    port, admin_port = free_ports(2)
-    cfg = config(tmp_path, "r", port, admin_port, tmp_path / "r.db", workers=2)
-    with sidecar(tmp_path, "restart", cfg, port) as service:
+    with sidecar(tmp_path, "restart", tmp_path / "r.db", workers=2) as node:
+        service = node.service
         children = subprocess.run(
             ["pgrep", "-P", str(service.proc.pid)], capture_output=True, text=True, check=False
         ).stdout.split()
@@ -295,15 +254,13 @@ class Pair:
 @pytest.fixture
 def pair(tmp_path: Path, request: pytest.FixtureRequest, shared_store: Path | str) -> Iterator[Pair]:
     """Like ``two_sidecars``, with every port and the channel, for tests that speak to Redis themselves."""
-    port_a, admin_a, port_b, admin_b, redis_port = free_ports(5)
+    [redis_port] = free_ports(1)
     catchup = request.param
     with ExitStack() as stack:
         stack.enter_context(redis_server(tmp_path, redis_port))
-        cfg_a = config(tmp_path, "a", port_a, admin_a, shared_store, redis_port=redis_port, catchup=catchup)
-        cfg_b = config(tmp_path, "b", port_b, admin_b, shared_store, redis_port=redis_port, catchup=catchup)
-        stack.enter_context(sidecar(tmp_path, "sidecar-a", cfg_a, port_a))
-        stack.enter_context(sidecar(tmp_path, "sidecar-b", cfg_b, port_b))
-        yield Pair(port_a, port_b, admin_a, admin_b, redis_port, f"test:{tmp_path.name}", shared_store)
+        a = stack.enter_context(sidecar(tmp_path, "sidecar-a", shared_store, redis_port=redis_port, catchup=catchup))
+        b = stack.enter_context(sidecar(tmp_path, "sidecar-b", shared_store, redis_port=redis_port, catchup=catchup))
+        yield Pair(a.port, b.port, a.admin_port, b.admin_port, redis_port, f"test:{tmp_path.name}", shared_store)
 
 
 PAIR_CATCHUP = pytest.mark.parametrize("pair", [0.5], ids=["catchup-0.5s"], indirect=True)
@@ -353,16 +310,10 @@ async def heard(http: aiohttp.ClientSession, admin_port: int, count: int) -> Non
 @asynccontextmanager
 async def opened_store(where: Path | str) -> AsyncIterator[SessionStore]:
     """The shared store, opened by the test itself (to write what no process publishes)."""
-    url = where if isinstance(where, str) else f"sqlite:///{where}"
-    settings = from_mapping(
-        {"jwt": {"algorithms": ["HS256"], "secret": SECRET}, "storage": {"url": url}}, environ={}, base_dir=Path("/")
-    ).storage
-    store = store_from_settings(settings)
-    await store.open()
-    try:
+    url = where if isinstance(where, str) else sqlite_url(where)
+    settings = from_mapping(sidecar_config(None, url), environ={}, base_dir=Path("/"))
+    async with opened(store_from_settings(settings.storage)) as store:
         yield store
-    finally:
-        await store.close()
 
 
 async def store_caught_up(http: aiohttp.ClientSession, p: Pair) -> None:

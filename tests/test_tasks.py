@@ -12,9 +12,7 @@ import asyncio
 import contextlib
 import os
 import re
-import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -31,7 +29,10 @@ import redis
 from sidecar.config import load
 from sidecar.errors import ConfigError
 from sidecar.tasks import CLEANUP_TASK, celery_config, settings_from_env
-from tests.conftest import SECRET, Sidecar, bearer, mint, settings_for, write_toml
+from tests.support.configs import settings_for, sidecar_config, sqlite_url, write_toml
+from tests.support.ports import free_port
+from tests.support.processes import redis_server
+from tests.support.tokens import SECRET, mint
 
 REDIS_DB = 13
 CELERY = Path(sys.executable).with_name("celery")
@@ -39,13 +40,6 @@ WAIT = 60.0  # upper bound for any single wait on a worker
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def redis_answers(url: str) -> bool:
@@ -63,44 +57,15 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if redis_answers(url):
         yield url
         return
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.fail(
-            "Redis is not reachable on 127.0.0.1:6379 and redis-server is not on PATH: "
-            "install Redis (e.g. apt-get install redis-server) or start it on port 6379"
-        )
     port = free_port()
-    url = f"redis://127.0.0.1:{port}/{REDIS_DB}"
-    workdir = tmp_path_factory.mktemp("redis")
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(workdir)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 15
-        while not redis_answers(url):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"redis-server on port {port} did not come up (exit code {proc.poll()})")
-            time.sleep(0.1)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+    with redis_server(tmp_path_factory.mktemp("redis"), port):
+        yield f"redis://127.0.0.1:{port}/{REDIS_DB}"
 
 
 def worker_config(tmp_path: Path, celery: Mapping[str, Any]) -> Path:
     """The TOML the worker reads: the same database and JWT settings as ``settings_for``."""
-    path = write_toml(tmp_path / "sidecar.toml", {
-        "jwt": {"algorithms": ["HS256"], "secret": SECRET, "leeway_seconds": 0},
-        "storage": {"url": f"sqlite:///{tmp_path / 'sidecar.db'}"},
-        "celery": dict(celery),
-    })
+    config = sidecar_config(None, sqlite_url(tmp_path / "sidecar.db"), celery=celery)
+    path = write_toml(tmp_path / "sidecar.toml", config)
     assert load(path, environ={}).storage == settings_for(tmp_path).storage
     return path
 
@@ -194,18 +159,6 @@ def session_rows(db_path: Path) -> dict[str, float | None]:
     """session id -> revoked_at, as committed in the database."""
     with sqlite3.connect(db_path, timeout=10) as db:
         return {r[0]: r[1] for r in db.execute("SELECT id, revoked_at FROM sessions")}
-
-
-async def session_id_of(sidecar: Sidecar, token: str) -> str:
-    """Use a token once (auto registration) and return its session id."""
-    async with sidecar.public.get("/introspect", headers=bearer(token)) as resp:
-        assert resp.status == 200, await resp.text()
-        return resp.headers["X-Auth-Session"]
-
-
-async def revoke(sidecar: Sidecar, token: str, session_id: str) -> None:
-    async with sidecar.public.delete(f"/api/v1/sessions/{session_id}/", headers=bearer(token)) as resp:
-        assert resp.status == 204, await resp.text()
 
 
 FAST_CLEANUP = {"cleanup_interval_seconds": 1, "cleanup_grace_seconds": 0}
@@ -320,11 +273,11 @@ async def test_worker_with_beat_purges_expired_sessions_only(
     sidecar = await start_sidecar(settings_for(tmp_path, celery=celery, jwt={"leeway_seconds": 0}))
     db_path = tmp_path / "sidecar.db"
 
-    expiring = [await session_id_of(sidecar, mint(f"short-{i}", ttl=2)) for i in range(3)]
-    live = await session_id_of(sidecar, mint("bob", ttl=3600))
+    expiring = [await sidecar.session_id(mint(f"short-{i}", ttl=2)) for i in range(3)]
+    live = await sidecar.session_id(mint("bob", ttl=3600))
     carol = mint("carol", ttl=3600)
-    revoked = await session_id_of(sidecar, carol)
-    await revoke(sidecar, carol, revoked)
+    revoked = await sidecar.session_id(carol)
+    await sidecar.revoke(carol, revoked)
     assert set(session_rows(db_path)) == {*expiring, live, revoked}
 
     # Two workers, each with its own beat: the worst deployment mistake must do no harm.
@@ -358,9 +311,9 @@ async def test_revoked_unexpired_token_is_still_refused_after_cleanup(
     db_path = tmp_path / "sidecar.db"
 
     victim = mint("dave", ttl=3600)
-    victim_session = await session_id_of(sidecar, victim)
-    await revoke(sidecar, victim, victim_session)
-    marker = await session_id_of(sidecar, mint("erin", ttl=1))  # gone once cleanup ran
+    victim_session = await sidecar.session_id(victim)
+    await sidecar.revoke(victim, victim_session)
+    marker = await sidecar.session_id(mint("erin", ttl=1))  # gone once cleanup ran
 
     worker = start_worker(worker_config(tmp_path, celery))
     await eventually(
@@ -388,8 +341,8 @@ async def test_unreachable_broker_is_retried_and_the_sidecar_is_unaffected(
 
     sidecar = await start_sidecar(settings_for(tmp_path, celery=celery))
     token = mint("frank")
-    session_id = await session_id_of(sidecar, token)
+    session_id = await sidecar.session_id(token)
     assert await sidecar.check(token) == 200
-    await revoke(sidecar, token, session_id)
+    await sidecar.revoke(token, session_id)
     assert await sidecar.check(token) == 401
     assert worker.proc.poll() is None, worker.tail()

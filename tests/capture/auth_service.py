@@ -16,7 +16,7 @@ from typing import Any
 import jwt
 from aiohttp import web
 
-SECRET = "test-secret-for-hs256-that-is-long-enough-0123456789"  # tests.conftest.SECRET; runs as a script too
+SECRET = "test-secret-for-hs256-that-is-long-enough-0123456789"  # tests.support.tokens.SECRET; runs as a script too
 
 ACCESS_SECONDS = 30 * 60
 REFRESH_SECONDS = 7 * 86400

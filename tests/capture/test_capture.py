@@ -22,29 +22,13 @@ import pytest
 from sidecar.capture.learn import refresh_key
 from sidecar.capture.places import TokenPlace, token_in_answer
 from sidecar.cookies import request_cookie_values, set_cookie_values
-from tests.capture import auth_service
+from tests.capture import ADA, BOILERPLATE_JWT, LOGIN, LOGOUT, REFRESH, auth_service, capture_routes
 from tests.conftest import Sidecar, bearer, settings_for
-from tests.gateways.support import free_ports
+from tests.support.ports import free_ports
 
-BOILERPLATE_JWT = {"user_claim": "user_id", "token_type_claim": "type", "access_token_type": "access"}
-LOGIN, REFRESH, LOGOUT = "/api/v1/auth/login", "/api/v1/auth/refresh-access-token", "/api/v1/auth/logout"
-ADA = {"email": "ada@example.com", "password": "pw-ada"}
 PHONE = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.0 Mobile/15E148 Safari/604.1"
 LAPTOP = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36"
 TABLET = "Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0"
-
-
-def capture_routes(upstream: str, **extra: Any) -> list[dict[str, Any]]:
-    return [
-        {"path": LOGIN, "event": "login", "upstream": upstream, "access_token": "body:access_token",
-         "refresh_token": "cookie:refresh_token", **extra},
-        {"path": REFRESH, "event": "refresh", "upstream": upstream, "access_token": "body:access_token",
-         "refresh_token": "cookie:refresh_token", **extra},
-        {"path": LOGOUT, "event": "logout", "upstream": upstream, "refresh_token": "cookie:refresh_token", **extra},
-        {"path": "/api/v1/auth/slow", "event": "login", "upstream": upstream, "access_token": "body:access_token",
-         "timeout_seconds": 0.3},
-        {"path": "/api/v1/auth/tokenless", "event": "login", "upstream": upstream, "access_token": "body:access_token"},
-    ]
 
 
 @dataclass

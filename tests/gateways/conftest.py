@@ -15,15 +15,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.gateways.support import (
-    Gateway,
-    Sidecar,
-    Upstream,
-    blackhole,
-    free_ports,
-    run_sidecar,
-    run_upstream,
-)
+from tests.gateways.support import Gateway, Upstream, run_gateway_sidecar, run_upstream
+from tests.support.ports import blackhole, free_ports
+from tests.support.sidecar import SidecarProcess
 
 Launcher = Callable[[Path, int, int], AbstractContextManager[Gateway]]
 
@@ -39,9 +33,9 @@ def launch_gateway() -> Launcher:
 
 
 @pytest.fixture(scope="module")
-def sidecar_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sidecar]:
+def sidecar_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SidecarProcess]:
     """The sidecar, serving from its own SQLite file on a free port."""
-    with run_sidecar(tmp_path_factory.mktemp("sidecar")) as running:
+    with run_gateway_sidecar(tmp_path_factory.mktemp("sidecar")) as running:
         yield running
 
 
@@ -56,7 +50,7 @@ def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstream]:
 def gateway(
     launch_gateway: Launcher,
     tmp_path_factory: pytest.TempPathFactory,
-    sidecar_process: Sidecar,
+    sidecar_process: SidecarProcess,
     upstream: Upstream,
 ) -> Iterator[Gateway]:
     """The gateway with the shipped configuration, in front of the live sidecar."""

@@ -20,16 +20,10 @@ from multidict import CIMultiDictProxy
 from yarl import URL
 
 from tests.gateways.conftest import OTHER_CLIENT_ADDRESS
-from tests.gateways.support import (
-    APP_ORIGIN,
-    CHROME_WINDOWS,
-    Gateway,
-    Sidecar,
-    Upstream,
-    bearer,
-    mint,
-    probe_path,
-)
+from tests.gateways.support import APP_ORIGIN, Gateway, Upstream, mint, probe_path
+from tests.support.sessions import CHROME_WINDOWS
+from tests.support.sidecar import SidecarProcess
+from tests.support.tokens import bearer
 
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD"]
 UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -272,7 +266,7 @@ class GatewayContract:
         assert upstream.received(path) == []
 
     async def test_check_answers_are_never_cacheable(
-        self, http: aiohttp.ClientSession, sidecar_process: Sidecar
+        self, http: aiohttp.ClientSession, sidecar_process: SidecarProcess
     ) -> None:
         """Both answers the gateway gets from the check carry Cache-Control: no-store."""
         for token, status in ((mint("alice"), 200), ("junk", 401)):

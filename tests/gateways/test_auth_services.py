@@ -32,21 +32,15 @@ import pytest
 from yarl import URL
 
 from tests.gateways.contract import Reply, assert_refused_401, values
-from tests.gateways.support import (
-    CHROME_WINDOWS,
-    CONTRIB,
-    REPO,
-    SECRET,
-    Gateway,
-    Sidecar,
-    Upstream,
-    free_ports,
-    rewrite_ports,
-    run_nginx,
-    run_sidecar,
-    run_sidecar_config,
-    run_uvicorn_app,
-)
+from tests.gateways.support import Gateway, Upstream, run_gateway_sidecar, run_nginx, run_uvicorn_app
+from tests.support import CONTRIB, REPO
+from tests.support.configs import Listeners
+from tests.support.gateways import write_rewritten
+from tests.support.ports import free_ports
+from tests.support.processes import run_sidecar_file
+from tests.support.sessions import CHROME_WINDOWS
+from tests.support.sidecar import SidecarProcess
+from tests.support.tokens import SECRET
 
 BOILERPLATE_APP = REPO / "tests" / "apps" / "boilerplate_auth.py"
 EXAMPLE = CONTRIB / "fastapi"
@@ -60,21 +54,12 @@ PASSWORD = "correct horse battery staple"
 
 # The boilerplate's routes as an operator would declare them: its auth routes are public,
 # reading posts works signed in or not, everything else needs a valid token.
-BOILERPLATE_ROUTES = """
-[[routes]]
-path = "/api/v1/auth/*"
-policy = "public"
-
-[[routes]]
-path = "/api/v1/posts/*"
-methods = ["GET", "HEAD"]
-policy = "optional"
-"""
+BOILERPLATE_ROUTES = (
+    {"path": "/api/v1/auth/*", "policy": "public"},
+    {"path": "/api/v1/posts/*", "methods": ["GET", "HEAD"], "policy": "optional"},
+)
 # The boilerplate's token shape; its access tokens live exactly 30 minutes.
-BOILERPLATE_JWT = """\
-user_claim = "user_id"
-token_lifetime_seconds = 1800
-"""
+BOILERPLATE_JWT = {"user_claim": "user_id", "token_lifetime_seconds": 1800}
 
 
 # ---------------------------------------------------------------------------- processes
@@ -92,16 +77,16 @@ def boilerplate_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstre
 
 
 @pytest.fixture(scope="module")
-def boilerplate_sidecar(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sidecar]:
+def boilerplate_sidecar(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SidecarProcess]:
     """The sidecar configured for the boilerplate's tokens and routes (auto registration)."""
     workdir = tmp_path_factory.mktemp("boilerplate-sidecar")
-    with run_sidecar(workdir, jwt=BOILERPLATE_JWT, extra=BOILERPLATE_ROUTES) as sidecar:
+    with run_gateway_sidecar(workdir, jwt=BOILERPLATE_JWT, routes=BOILERPLATE_ROUTES) as sidecar:
         yield sidecar
 
 
 @pytest.fixture(scope="module")
 def boilerplate_gateway(
-    tmp_path_factory: pytest.TempPathFactory, boilerplate_app: Upstream, boilerplate_sidecar: Sidecar
+    tmp_path_factory: pytest.TempPathFactory, boilerplate_app: Upstream, boilerplate_sidecar: SidecarProcess
 ) -> Iterator[Gateway]:
     """The shipped contrib/nginx configuration, unchanged, in front of the boilerplate."""
     workdir = tmp_path_factory.mktemp("boilerplate-nginx")
@@ -119,19 +104,19 @@ def example_ports() -> tuple[int, int, int]:
 @pytest.fixture(scope="module")
 def example_sidecar(
     tmp_path_factory: pytest.TempPathFactory, example_ports: tuple[int, int, int]
-) -> Iterator[Sidecar]:
+) -> Iterator[SidecarProcess]:
     """The sidecar with contrib/fastapi/sidecar.toml as shipped, only its ports rewritten."""
     workdir = tmp_path_factory.mktemp("example-sidecar")
     _, public, admin = example_ports
-    text = rewrite_ports((EXAMPLE / "sidecar.toml").read_text(), {8080: public, 8081: admin})
+    config = write_rewritten(EXAMPLE / "sidecar.toml", workdir / "sidecar.toml", {8080: public, 8081: admin})
     env = {"JWT_SECRET": SECRET, "SIDECAR_ADMIN_KEY": ADMIN_KEY}
-    with run_sidecar_config(workdir, text, public, env=env) as sidecar:
-        yield sidecar
+    with run_sidecar_file(workdir, config, public, env=env) as service:
+        yield SidecarProcess("sidecar", Listeners(public, admin), config, service)
 
 
 @pytest.fixture(scope="module")
 def example_app(
-    tmp_path_factory: pytest.TempPathFactory, example_ports: tuple[int, int, int], example_sidecar: Sidecar
+    tmp_path_factory: pytest.TempPathFactory, example_ports: tuple[int, int, int], example_sidecar: SidecarProcess
 ) -> Iterator[Upstream]:
     """contrib/fastapi/app.py, configured by its environment variables."""
     workdir = tmp_path_factory.mktemp("example-app")
@@ -149,7 +134,7 @@ def example_app(
 
 @pytest.fixture(scope="module")
 def example_gateway(
-    tmp_path_factory: pytest.TempPathFactory, example_app: Upstream, example_sidecar: Sidecar
+    tmp_path_factory: pytest.TempPathFactory, example_app: Upstream, example_sidecar: SidecarProcess
 ) -> Iterator[Gateway]:
     """nginx with contrib/fastapi/nginx.conf in front of the example."""
     workdir = tmp_path_factory.mktemp("example-nginx")

@@ -7,7 +7,8 @@ import pytest
 
 from tests.gateways.conftest import Launcher
 from tests.gateways.contract import GatewayContract, assert_refused_401, only_request, send, values
-from tests.gateways.support import Gateway, Upstream, bearer, mint, probe_path, run_caddy
+from tests.gateways.support import Gateway, Upstream, mint, probe_path, run_caddy
+from tests.support.tokens import bearer
 
 
 @pytest.fixture(scope="module")

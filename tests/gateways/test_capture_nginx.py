@@ -19,25 +19,15 @@ import aiohttp
 import pytest
 
 from sidecar.cookies import set_cookie_values
-from tests.gateways.support import (
-    APP_PORT,
-    CONTRIB,
-    LISTEN_PORT,
-    REPO,
-    SIDECAR_PORT,
-    Gateway,
-    find_binary,
-    free_ports,
-    listens,
-    log_says,
-    require_auth_request_module,
-    rewrite_ports,
-    running,
-)
+from tests.capture import ADA, BOILERPLATE_JWT, LOGIN, LOGOUT, REFRESH, capture_routes
+from tests.gateways.support import Gateway
+from tests.support import CONTRIB, REPO
+from tests.support.binaries import nginx_with_auth_request
+from tests.support.gateways import NGINX_SERVER_BLOCK, gateway_ports, nginx_argv, nginx_conf_dir
+from tests.support.ports import free_ports
+from tests.support.processes import REPO_ON_PATH, listens, log_says, running
+from tests.support.sidecar import run_sidecar
 
-SECRET = "test-secret-for-hs256-that-is-long-enough-0123456789"
-LOGIN, REFRESH, LOGOUT = "/api/v1/auth/login", "/api/v1/auth/refresh-access-token", "/api/v1/auth/logout"
-ADA = {"email": "ada@example.com", "password": "pw-ada"}
 AGENTS = {
     "laptop": "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36",
     "phone": "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.0 Mobile/15E148 Safari/604.1",
@@ -51,63 +41,24 @@ class Stack:
     auth_port: int
 
 
-def sidecar_config(port: int, auth_port: int, database: Path) -> str:
-    capture = ""
-    for path, event in ((LOGIN, "login"), (REFRESH, "refresh"), (LOGOUT, "logout")):
-        capture += f'\n[[capture]]\npath = "{path}"\nevent = "{event}"\nupstream = "http://127.0.0.1:{auth_port}"\n'
-        if event != "logout":
-            capture += 'access_token = "body:access_token"\n'
-        capture += 'refresh_token = "cookie:refresh_token"\n'
-    return f"""\
-[server]
-port = {port}
-trusted_proxies = ["127.0.0.1/32"]
-
-[jwt]
-algorithms = ["HS256"]
-secret = "{SECRET}"
-leeway_seconds = 0
-user_claim = "user_id"
-token_type_claim = "type"
-access_token_type = "access"
-
-[sessions]
-last_seen_flush_seconds = 0.2
-
-[storage]
-url = "sqlite:///{database}"
-{capture}"""
-
-
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """The auth service, the sidecar with [[capture]], and nginx with capture.conf included."""
     work = tmp_path_factory.mktemp("capture")
-    auth_port, sidecar_port, listen_port = free_ports(3)
+    auth_port, listen_port = free_ports(2)
     auth_argv = [sys.executable, str(REPO / "tests" / "capture" / "auth_service.py"), "--port", str(auth_port)]
-    config = work / "sidecar.toml"
-    config.write_text(sidecar_config(sidecar_port, auth_port, work / "sidecar.db"))
-    conf = work / "conf"
-    conf.mkdir()
-    (conf / "nginx.conf").write_text((CONTRIB / "nginx" / "nginx.conf").read_text())
-    (conf / "capture.conf").write_text((CONTRIB / "nginx" / "capture.conf").read_text())
-    text = (CONTRIB / "nginx" / "sidecar.conf").read_text()
+    text = NGINX_SERVER_BLOCK.read_text()
     assert "    # include capture.conf;" in text
     text = text.replace("    # include capture.conf;", "    include capture.conf;")
-    ports = {LISTEN_PORT: listen_port, APP_PORT: auth_port, SIDECAR_PORT: sidecar_port}
-    (conf / "sidecar.conf").write_text(rewrite_ports(text, ports))
-    prefix = work / "prefix"
-    prefix.mkdir(mode=0o700)
-    nginx = find_binary("nginx")
-    require_auth_request_module(nginx)
-    nginx_argv = [nginx, "-p", str(prefix), "-c", str(conf / "nginx.conf"), "-g", "daemon off;"]
+    nginx = nginx_with_auth_request()
     with (
-        running("auth", auth_argv, work, log_says("auth_service: ready", auth_port), env={"PYTHONPATH": str(REPO)}),
-        running("sidecar", [find_binary("sidecar"), "serve", "--config", str(config)], work,
-                log_says("sidecar: ready", sidecar_port)),
-        running("nginx", nginx_argv, work, listens(listen_port)) as gw,
+        running("auth", auth_argv, work, log_says("auth_service: ready", auth_port), env=REPO_ON_PATH),
+        run_sidecar(work, jwt=BOILERPLATE_JWT, capture=capture_routes(f"http://127.0.0.1:{auth_port}")[:3]) as sidecar,
     ):
-        yield Stack(Gateway("nginx", listen_port, gw), auth_port)
+        conf = nginx_conf_dir(work / "conf", gateway_ports(listen_port, auth_port, sidecar.port), text)
+        (conf.parent / "capture.conf").write_text((CONTRIB / "nginx" / "capture.conf").read_text())
+        with running("nginx", nginx_argv(nginx, work / "prefix", conf), work, listens(listen_port)) as gw:
+            yield Stack(Gateway("nginx", listen_port, gw), auth_port)
 
 
 @dataclass
@@ -223,15 +174,8 @@ async def test_a_refresh_token_is_no_access_token(client: Client) -> None:
 
 async def test_the_auth_service_down_is_a_clear_502(tmp_path: Path) -> None:
     """With the auth service gone, a login through the gateway answers 502 with the envelope."""
-    work = tmp_path
-    nothing, sidecar_port, listen_port = free_ports(3)
-    config = work / "sidecar.toml"
-    config.write_text(sidecar_config(sidecar_port, nothing, work / "sidecar.db"))
-    with running("sidecar", [find_binary("sidecar"), "serve", "--config", str(config)], work,
-                 log_says("sidecar: ready", sidecar_port)):
-        async with aiohttp.ClientSession() as http, http.post(
-            f"http://127.0.0.1:{sidecar_port}{LOGIN}", json=ADA
-        ) as r:
+    [nothing] = free_ports(1)
+    with run_sidecar(tmp_path, jwt=BOILERPLATE_JWT, capture=capture_routes(f"http://127.0.0.1:{nothing}")[:3]) as sidecar:
+        async with aiohttp.ClientSession() as http, http.post(f"{sidecar.url}{LOGIN}", json=ADA) as r:
             assert r.status == 502
             assert (await r.json())["message"] == "Auth service unavailable"
-    _ = listen_port

@@ -7,7 +7,8 @@ import pytest
 
 from tests.gateways.conftest import Launcher
 from tests.gateways.contract import GatewayContract, only_request, send, values
-from tests.gateways.support import Gateway, Upstream, bearer, mint, probe_path, run_envoy
+from tests.gateways.support import Gateway, Upstream, mint, probe_path, run_envoy
+from tests.support.tokens import bearer
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,6 @@ import pytest
 import redis.asyncio as aioredis
 
 from sidecar.clock import ManualClock
-from sidecar.enrich.client_ip import ClientInfo
 from sidecar.errors import SessionRejectedError, StoreUnavailableError
 from sidecar.revocation import Coalesced, RedisPush, decode, encode
 from sidecar.revocation.redis_push import MAX_MESSAGE_BYTES
@@ -28,19 +27,12 @@ from sidecar.sessions import Changes, Cutoff, Session
 from sidecar.sessions.models import Revoked
 from sidecar.sessions.service import SessionService
 from sidecar.sessions.sqlite import SqliteStore
-from sidecar.tokens.claims import Claims
-from tests.gateways.support import free_ports
-from tests.test_scaleout import redis_server
+from tests.support.ports import free_ports
+from tests.support.processes import redis_server
+from tests.support.sessions import NOW, claims, session_service, unknown_client
 
-T0 = 1_700_000_000.0
-
-
-def claims(user: str = "alice", key: str = "sid:one", *, iat: float | None = T0) -> Claims:
-    return Claims(user_id=user, session_key=key, expires_at=T0 + 3600, issued_at=iat, not_before=None)
-
-
-def CLIENT() -> ClientInfo:  # upper case: it stands in for a constant, the request's client
-    return ClientInfo(ip=None, user_agent=None)
+T0 = NOW
+CLIENT = unknown_client  # the request's client, as SessionService.check takes it
 
 
 # ---------------------------------------------------------------- the message codec
@@ -240,9 +232,7 @@ async def wired(tmp_path: Path, redis_port: int) -> AsyncIterator[Wired]:
     store = CountingStore(tmp_path / "push.db")
     await store.open()
     clock = ManualClock(T0)
-    sessions = SessionService(
-        store, clock, registration="auto", describe_device=lambda ua: "Unknown device", locate=lambda ip: "Unknown"
-    )
+    sessions = session_service(store, clock)
     url = f"redis://127.0.0.1:{redis_port}/0"
     push = RedisPush(url, f"test:push:{uuid.uuid4()}", sessions)
     # Another database number: pub/sub ignores it, so any client of the Redis can publish.

@@ -27,7 +27,6 @@ import pwd
 import re
 import secrets
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Awaitable, Callable, Iterator
@@ -38,6 +37,9 @@ from typing import Any, TypeVar
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import pytest
+
+from tests.support.binaries import postgres_bindir
+from tests.support.ports import free_port
 
 URL_ENV = "SIDECAR_TEST_POSTGRES_URL"
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -151,29 +153,6 @@ def database(prefix: str = "sidecar_test") -> Iterator[str]:
 # ---------------------------------------------------------------- a throwaway server
 
 
-def _bindir() -> Path | None:
-    """A folder holding both initdb and pg_ctl: PATH first, then the newest Debian one."""
-    found = shutil.which("initdb")
-    candidates = [Path(found).resolve().parent] if found else []
-
-    def version(p: Path) -> tuple[int, ...]:
-        return tuple(int(x) for x in re.findall(r"\d+", p.parent.name)) or (0,)
-
-    candidates += sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=version, reverse=True)
-    for d in candidates:
-        if (d / "initdb").is_file() and (d / "pg_ctl").is_file():
-            return d
-    return None
-
-
-def free_port() -> int:
-    """A loopback port that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def _run(cmd: list[str], *, user: pwd.struct_passwd | None, what: str, log: Path | None = None) -> None:
     kwargs: dict[str, Any] = {}
     if user is not None:
@@ -186,7 +165,7 @@ def _run(cmd: list[str], *, user: pwd.struct_passwd | None, what: str, log: Path
 
 @contextlib.contextmanager
 def _throwaway(why: str) -> Iterator[Server]:
-    bindir = _bindir()
+    bindir = postgres_bindir()
     if bindir is None:
         pytest.fail(f"the PostgreSQL tests need a server: {why}, and no initdb/pg_ctl was found "
                     f"on PATH or in /usr/lib/postgresql/*/bin; {INSTALL_HINT}")

@@ -5,27 +5,17 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from sidecar.clock import ManualClock
-from sidecar.enrich.client_ip import ClientInfo
 from sidecar.errors import SessionRejectedError, StoreUnavailableError
 from sidecar.sessions import Session
-from sidecar.sessions.service import SessionService
 from sidecar.sessions.sqlite import SqliteStore
-from sidecar.tokens.claims import Claims
+from tests.support.sessions import NOW, claims, opened, session_service, unknown_client
 
-T0 = 1_700_000_000.0
-
-
-def CLIENT() -> ClientInfo:  # upper case: it stands in for a constant, the request's client
-    return ClientInfo(ip=None, user_agent=None)
-
-
-def claims(user: str = "alice", key: str = "sid:one", *, iat: float | None = T0, exp: float = T0 + 3600) -> Claims:
-    return Claims(user_id=user, session_key=key, expires_at=exp, issued_at=iat, not_before=None)
+T0 = NOW
+CLIENT = unknown_client  # the request's client, as SessionService.check takes it
 
 
 class SlowStore(SqliteStore):
@@ -46,28 +36,13 @@ class SlowStore(SqliteStore):
 
 @pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[SlowStore]:
-    s = SlowStore(tmp_path / "svc.db")
-    await s.open()
-    try:
+    async with opened(SlowStore(tmp_path / "svc.db")) as s:
         yield s
-    finally:
-        await s.close()
-
-
-def service(store: SqliteStore, clock: ManualClock, **kw: Any) -> SessionService:
-    return SessionService(
-        store,
-        clock,
-        registration=kw.pop("registration", "auto"),
-        describe_device=lambda ua: "Unknown device",
-        locate=lambda ip: "Unknown",
-        **kw,
-    )
 
 
 async def test_auto_registration_then_memory_hit(store: SlowStore) -> None:
     """The first check registers the session; later checks are answered from memory."""
-    svc = service(store, ManualClock(T0))
+    svc = session_service(store, ManualClock(T0))
     sid = await svc.check(claims(), CLIENT)
     assert await svc.check(claims(), CLIENT) == sid
     row = await store.get(sid)
@@ -77,7 +52,7 @@ async def test_auto_registration_then_memory_hit(store: SlowStore) -> None:
 async def test_slow_read_racing_a_revoke_never_caches_active(store: SlowStore) -> None:
     """A store read that began before a revoke cannot put a stale "active" into memory (C28)."""
     clock = ManualClock(T0)
-    svc = service(store, clock)
+    svc = session_service(store, clock)
     sid = await svc.check(claims(), CLIENT)
     svc._states.clear()  # force the next check through the store
     store.gate = asyncio.Event()
@@ -94,7 +69,7 @@ async def test_slow_read_racing_a_revoke_never_caches_active(store: SlowStore) -
 async def test_cutoff_boundaries(store: SlowStore) -> None:
     """After log-out-others at T, tokens with iat < T are refused, iat >= T pass, the kept session passes."""
     clock = ManualClock(T0 + 100)
-    svc = service(store, clock)
+    svc = session_service(store, clock)
     await svc.check(claims(key="sid:keep", iat=T0), CLIENT)
     await svc.check(claims(key="sid:other", iat=T0), CLIENT)
     await svc.revoke_user("alice", keep_session_key="sid:keep")
@@ -107,14 +82,14 @@ async def test_cutoff_boundaries(store: SlowStore) -> None:
     assert await svc.check(claims(key="sid:new-login", iat=T0 + 100), CLIENT)
     assert await svc.check(claims(key="sid:keep", iat=T0), CLIENT)
     # Another process reading the store sees the same cut-off.
-    fresh = service(store, clock)
+    fresh = session_service(store, clock)
     with pytest.raises(SessionRejectedError, match="cut_off"):
         await fresh.check(claims(key="sid:never-seen-2", iat=T0 + 50), CLIENT)
 
 
 async def test_admin_cutoff_has_no_exception(store: SlowStore) -> None:
     """revoke_user without a kept session refuses every earlier token of the user."""
-    svc = service(store, ManualClock(T0 + 10))
+    svc = session_service(store, ManualClock(T0 + 10))
     await svc.check(claims(key="sid:a", iat=T0), CLIENT)
     await svc.revoke_user("alice", keep_session_key=None)
     for key in ("sid:a", "sid:b"):
@@ -125,7 +100,7 @@ async def test_admin_cutoff_has_no_exception(store: SlowStore) -> None:
 async def test_tombstone_grows_with_newer_tokens(store: SlowStore) -> None:
     """A revoked session seen with a later-expiring token keeps its tombstone until that expiry."""
     clock = ManualClock(T0)
-    svc = service(store, clock)
+    svc = session_service(store, clock)
     sid = await svc.check(claims(exp=T0 + 60), CLIENT)
     await svc.revoke(sid, None)
     with pytest.raises(SessionRejectedError):
@@ -138,7 +113,7 @@ async def test_tombstone_grows_with_newer_tokens(store: SlowStore) -> None:
 async def test_last_seen_is_batched(store: SlowStore) -> None:
     """Checks update last_seen in memory; one flush writes the newest value."""
     clock = ManualClock(T0)
-    svc = service(store, clock)
+    svc = session_service(store, clock)
     sid = await svc.check(claims(), CLIENT)
     await svc.flush()
     for _ in range(10):
@@ -156,7 +131,7 @@ async def test_last_seen_is_batched(store: SlowStore) -> None:
 async def test_failed_flush_keeps_updates(store: SlowStore) -> None:
     """If the store refuses a flush, the updates stay pending and land on the next one."""
     clock = ManualClock(T0)
-    svc = service(store, clock)
+    svc = session_service(store, clock)
     sid = await svc.check(claims(), CLIENT)
     clock.advance(5)
     await svc.check(claims(), CLIENT)
@@ -171,7 +146,7 @@ async def test_failed_flush_keeps_updates(store: SlowStore) -> None:
 
 async def test_evicted_tombstone_is_reloaded(store: SlowStore) -> None:
     """A revoked session pushed out of the bounded memory is read back from the store as revoked."""
-    svc = service(store, ManualClock(T0), state_cache_size=2)
+    svc = session_service(store, ManualClock(T0), state_cache_size=2)
     sid = await svc.check(claims(key="sid:victim"), CLIENT)
     await svc.revoke(sid, None)
     for i in range(5):
@@ -183,7 +158,7 @@ async def test_evicted_tombstone_is_reloaded(store: SlowStore) -> None:
 
 async def test_explicit_mode(store: SlowStore) -> None:
     """Explicit mode refuses unknown sessions and accepts registered ones."""
-    svc = service(store, ManualClock(T0), registration="explicit")
+    svc = session_service(store, ManualClock(T0), registration="explicit")
     with pytest.raises(SessionRejectedError, match="unknown_session"):
         await svc.check(claims(), CLIENT)
     session, created = await svc.register(claims(), CLIENT())
@@ -193,7 +168,7 @@ async def test_explicit_mode(store: SlowStore) -> None:
 
 async def test_register_refuses_cut_off_tokens(store: SlowStore) -> None:
     """The admin register call refuses a token issued before the user's cut-off."""
-    svc = service(store, ManualClock(T0 + 10))
+    svc = session_service(store, ManualClock(T0 + 10))
     await svc.revoke_user("alice", None)
     with pytest.raises(SessionRejectedError, match="cut_off"):
         await svc.register(claims(iat=T0), CLIENT())
@@ -201,7 +176,7 @@ async def test_register_refuses_cut_off_tokens(store: SlowStore) -> None:
 
 async def test_store_down_on_miss_raises(store: SlowStore) -> None:
     """An unknown session while the store is down raises StoreUnavailableError (the check denies)."""
-    svc = service(store, ManualClock(T0))
+    svc = session_service(store, ManualClock(T0))
     await store.close()
     with pytest.raises(StoreUnavailableError):
         await svc.check(claims(), CLIENT)
@@ -210,7 +185,7 @@ async def test_store_down_on_miss_raises(store: SlowStore) -> None:
 async def test_purged_session_comes_back_as_a_row(store: SlowStore) -> None:
     """A cached session whose row cleanup deleted is written again when a newer token of it arrives."""
     clock = ManualClock(T0)
-    svc = service(store, clock)
+    svc = session_service(store, clock)
     sid = await svc.check(claims(exp=T0 + 60), CLIENT)
     await svc.flush()
     clock.advance(120)
@@ -225,7 +200,7 @@ async def test_applied_revocations_report_their_propagation_delay(store: SlowSto
     """A catch-up that applies another process's revocation reports how long it took, under
     the trigger it was given; catching up again reports nothing."""
     clock = ManualClock(T0)
-    svc = service(store, clock)
+    svc = session_service(store, clock)
     await svc.start()
     try:
         seen: list[tuple[str, float]] = []
@@ -250,8 +225,8 @@ async def test_applied_revocations_report_their_propagation_delay(store: SlowSto
 async def test_catch_up_never_loosens_a_cutoff_in_memory(store: SlowStore) -> None:
     """A cut-off in memory is replaced only by the one the store keeps: an earlier "log out
     others" from a host whose clock is behind, exempting another session, changes nothing."""
-    svc = service(store, ManualClock(T0 + 10))
-    behind = service(store, ManualClock(T0 + 5))
+    svc = session_service(store, ManualClock(T0 + 10))
+    behind = session_service(store, ManualClock(T0 + 5))
     await svc.check(claims(key="sid:keep", iat=T0), CLIENT)
     await svc.start()
     try:
@@ -269,8 +244,8 @@ async def test_catch_up_never_loosens_a_cutoff_in_memory(store: SlowStore) -> No
 async def test_local_log_out_others_with_an_earlier_clock_keeps_the_later_cutoff(store: SlowStore) -> None:
     """A "log out others" whose time is earlier than the cut-off memory holds (another host's
     clock ahead) leaves memory as strict as the store, which keeps the later cut-off."""
-    ahead = service(store, ManualClock(T0 + 10))
-    svc = service(store, ManualClock(T0 + 5))
+    ahead = session_service(store, ManualClock(T0 + 10))
+    svc = session_service(store, ManualClock(T0 + 5))
     await svc.check(claims(key="sid:mine", iat=T0 + 6), CLIENT)  # memory holds alice's cut-off: none
     await svc.start()
     try:
@@ -282,7 +257,7 @@ async def test_local_log_out_others_with_an_earlier_clock_keeps_the_later_cutoff
         with pytest.raises(SessionRejectedError, match="cut_off"):
             await svc.check(claims(key="sid:other", iat=T0 + 7), CLIENT)
         with pytest.raises(SessionRejectedError, match="cut_off"):
-            await service(store, ManualClock(T0 + 5)).check(claims(key="sid:other", iat=T0 + 7), CLIENT)
+            await session_service(store, ManualClock(T0 + 5)).check(claims(key="sid:other", iat=T0 + 7), CLIENT)
     finally:
         await svc.stop()
 
@@ -290,10 +265,10 @@ async def test_local_log_out_others_with_an_earlier_clock_keeps_the_later_cutoff
 async def test_catch_up_applies_what_another_process_revoked(store: SlowStore) -> None:
     """catch_up reads the revision feed and refuses sessions another process revoked."""
     clock = ManualClock(T0)
-    svc = service(store, clock)
+    svc = session_service(store, clock)
     await svc.start()
     try:
-        other = service(store, clock)
+        other = session_service(store, clock)
         sid = await svc.check(claims(), CLIENT)
         await svc.check(claims(key="sid:two"), CLIENT)
         await other.revoke(sid, None)
@@ -310,8 +285,8 @@ async def test_catch_up_applies_what_another_process_revoked(store: SlowStore) -
 async def test_stale_memory_is_not_trusted(store: SlowStore) -> None:
     """When catch-up has not succeeded for max_staleness, checks read the store (and deny if it is down)."""
     clock = ManualClock(T0)
-    svc = service(store, clock, max_staleness=5.0)
-    other = service(store, clock)
+    svc = session_service(store, clock, max_staleness=5.0)
+    other = session_service(store, clock)
     sid = await svc.check(claims(), CLIENT)
     await svc.check(claims(key="sid:cached"), CLIENT)
     await other.revoke(sid, None)
@@ -326,7 +301,7 @@ async def test_stale_memory_is_not_trusted(store: SlowStore) -> None:
 
 async def test_cutoff_counts_in_whole_seconds(store: SlowStore) -> None:
     """A token issued (whole-second iat) in the same second as the cut-off passes; one a second older does not."""
-    svc = service(store, ManualClock(T0 + 100.7))
+    svc = session_service(store, ManualClock(T0 + 100.7))
     await svc.revoke_user("alice", None)
     assert await svc.check(claims(key="sid:new", iat=T0 + 100), CLIENT)
     with pytest.raises(SessionRejectedError, match="cut_off"):
@@ -335,7 +310,7 @@ async def test_cutoff_counts_in_whole_seconds(store: SlowStore) -> None:
 
 async def test_two_users_racing_for_one_sid_do_not_share_it(store: SlowStore) -> None:
     """When two users' first tokens race to register one sid, only the first user's passes."""
-    svc = service(store, ManualClock(T0))
+    svc = session_service(store, ManualClock(T0))
     results = await asyncio.gather(
         svc.check(claims("alice", key="sid:shared"), CLIENT),
         svc.check(claims("mallory", key="sid:shared"), CLIENT),

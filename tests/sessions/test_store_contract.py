@@ -28,11 +28,12 @@ from sidecar.errors import StoreUnavailableError
 from sidecar.sessions import ListPosition, Session, SessionStore, Touch, store_from_settings
 from sidecar.sessions.sqlite import SCHEMA_VERSION, SqliteStore
 from tests.sessions import pg
+from tests.support.ports import free_port
+from tests.support.sessions import NOW, stored_session
 
 if TYPE_CHECKING:
     from sidecar.sessions.postgres import PostgresStore
 
-NOW = 1_700_000_000.0
 
 Backend = Callable[[pytest.FixtureRequest, Path], Awaitable[SessionStore]]
 
@@ -83,18 +84,7 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
 
 
 def session(user: str = "alice", key: str | None = None, *, expires: float = NOW + 3600, created: float = NOW) -> Session:
-    return Session(
-        id=str(uuid.uuid4()),
-        session_key=key or f"sid:{uuid.uuid4()}",
-        user_id=user,
-        created_at=created,
-        last_seen=created,
-        expires_at=expires,
-        revoked_at=None,
-        ip_address="203.0.113.9",
-        device="Chrome on Windows",
-        location="Unknown",
-    )
+    return stored_session(user, key, created=created, expires=expires)
 
 
 async def test_insert_then_get_by_id_and_key(store: SessionStore) -> None:
@@ -730,7 +720,7 @@ async def test_postgres_concurrent_purges_count_each_row_once(postgres_url: str)
 
 async def test_postgres_unreachable_server_fails_open_without_leaking_the_password(postgres_url: str) -> None:
     """Nothing listening -> open() raises StoreUnavailableError naming host and database, never the password."""
-    port = pg.free_port()
+    port = free_port()
     url = f"postgresql://sidecar:hunter2-secret@127.0.0.1:{port}/sessions"
     s = postgres_store(url, connect_timeout_seconds=2.0)
     with pytest.raises(StoreUnavailableError, match=f"cannot open PostgreSQL database 127.0.0.1:{port}/sessions") as info:

@@ -78,11 +78,6 @@ async def jwks_server(aiohttp_server: Callable[..., Any]) -> JwksServer:
     return srv
 
 
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock(wall=float(NOW))
-
-
 @dataclass
 class Setup:
     verifier: TokenVerifier

@@ -41,11 +41,6 @@ HS256 = {"alg": "HS256", "typ": "JWT"}
 ASYMMETRIC = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"]
 
 
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock(wall=float(NOW))
-
-
 def make(
     tmp_path: Path, clock: ManualClock | None = None, *, keys: tuple[str, ...] = (), **jwt_settings: Any
 ) -> TokenVerifier:

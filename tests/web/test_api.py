@@ -6,7 +6,6 @@ import asyncio
 import base64
 import json
 import re
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -17,8 +16,10 @@ import pytest
 
 from sidecar.sessions import Session
 from sidecar.sessions.sqlite import SqliteStore
-from tests.conftest import CHROME_WINDOWS, SECRET, Sidecar, bearer, mint, write_toml
-from tests.gateways.support import free_ports, log_says, running
+from tests.conftest import CHROME_WINDOWS, Sidecar, bearer, mint
+from tests.support.configs import sqlite_url
+from tests.support.sessions import stored_session
+from tests.support.sidecar import run_sidecar
 
 UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
 RFC3339_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
@@ -291,13 +292,9 @@ async def test_last_seen_moves_without_a_write_per_request(sidecar: Sidecar) -> 
 # ---------------------------------------------------------------- pages (OWASP API4)
 
 
-def stored_session(user: str, created_at: float) -> Session:
+def api_session(user: str, created_at: float) -> Session:
     """A session row as registration writes it (inserted straight into the store: many, fast)."""
-    return Session(
-        id=str(uuid.uuid4()), session_key=f"sid:{uuid.uuid4()}", user_id=user, created_at=created_at,
-        last_seen=created_at, expires_at=time.time() + 3600, revoked_at=None, ip_address="203.0.113.7",
-        device="curl", location="Unknown",
-    )
+    return stored_session(user, created=created_at, expires=time.time() + 3600, ip_address="203.0.113.7", device="curl")
 
 
 async def add_sessions(sidecar: Sidecar, user: str, count: int, *, newest: float | None = None) -> list[str]:
@@ -305,7 +302,7 @@ async def add_sessions(sidecar: Sidecar, user: str, count: int, *, newest: float
     top = newest if newest is not None else time.time() - 60
     ids = []
     for i in range(count):
-        row, _ = await sidecar.services.store.insert(stored_session(user, top - i))
+        row, _ = await sidecar.services.store.insert(api_session(user, top - i))
         ids.append(row.id)
     return ids
 
@@ -457,21 +454,13 @@ async def test_a_real_process_answers_thousands_of_sessions_a_bounded_page_at_a_
         older = []
         top = time.time() - 60
         for i in range(3000):
-            row, _ = await store.insert(stored_session("alice", top - i * 0.001))
+            row, _ = await store.insert(api_session("alice", top - i * 0.001))
             older.append(row.id)
     finally:
         await store.close()
-    port, admin_port = free_ports(2)
-    config = write_toml(tmp_path / "sidecar.toml", {
-        "server": {"host": "127.0.0.1", "port": port},
-        "jwt": {"algorithms": ["HS256"], "secret": SECRET, "leeway_seconds": 0},
-        "storage": {"url": f"sqlite:///{database}"},
-        "admin": {"host": "127.0.0.1", "port": admin_port},
-    })
-    argv = [sys.executable, "-m", "sidecar", "serve", "--config", str(config)]
     token = mint("alice")
-    base = f"http://127.0.0.1:{port}"
-    with running("sidecar", argv, tmp_path, log_says("sidecar: ready", port)):
+    with run_sidecar(tmp_path, sqlite_url(database)) as sidecar:
+        base = sidecar.url
         async with aiohttp.ClientSession() as http:
             async with http.get(f"{base}/introspect", headers=bearer(token)) as resp:
                 assert resp.status == 200

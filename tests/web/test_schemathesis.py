@@ -15,12 +15,10 @@ token), and every later call would only see 401s.
 
 from __future__ import annotations
 
-import sys
 import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -37,8 +35,8 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from sidecar.web.openapi import DOCUMENT, PATH
-from tests.conftest import SECRET, bearer, mint
-from tests.gateways.support import free_ports, log_says, running
+from tests.support.sidecar import run_sidecar
+from tests.support.tokens import bearer, mint
 
 EXAMPLES_PER_OPERATION = 100
 USER = "schemathesis"
@@ -65,41 +63,11 @@ def fresh_token() -> str:
     return mint(USER, sid=str(uuid.uuid4()), iat=time.time())
 
 
-def config_text(port: int, admin_port: int, database: Path) -> str:
-    return f"""\
-[server]
-host = "127.0.0.1"
-port = {port}
-trusted_proxies = ["127.0.0.1/32"]
-api_rate_limit_per_minute = 0
-
-[jwt]
-algorithms = ["HS256"]
-secret = "{SECRET}"
-leeway_seconds = 0
-
-[sessions]
-last_seen_flush_seconds = 0.2
-
-[storage]
-url = "sqlite:///{database}"
-
-[admin]
-host = "127.0.0.1"
-port = {admin_port}
-"""
-
-
 @pytest.fixture(scope="module")
 def live_sidecar(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A ``sidecar serve`` process on loopback; its base URL."""
-    workdir = tmp_path_factory.mktemp("schemathesis")
-    port, admin_port = free_ports(2)
-    config = workdir / "sidecar.toml"
-    config.write_text(config_text(port, admin_port, workdir / "sidecar.db"))
-    argv = [sys.executable, "-m", "sidecar", "serve", "--config", str(config)]
-    with running("sidecar", argv, workdir, log_says("sidecar: ready", port)):
-        yield f"http://127.0.0.1:{port}"
+    """A ``sidecar serve`` process on loopback (no API rate limit); its base URL."""
+    with run_sidecar(tmp_path_factory.mktemp("schemathesis"), server={"api_rate_limit_per_minute": 0}) as sidecar:
+        yield sidecar.url
 
 
 class FreshToken:
