@@ -45,6 +45,7 @@ from bench.servers import (
     start_envoy,
     start_fastapi,
     start_nginx,
+    start_raw,
     start_sidecar,
     uvicorn_implementations,
 )
@@ -267,14 +268,21 @@ def _registered_pool(run: Run, server: Server, key: SigningKey, name: str) -> tu
 
 
 def cached(run: Run) -> dict[str, Any]:
+    """Bare aiohttp vs the sidecar's check listener (where gateways point), its /introspect
+    on the aiohttp listener (the same core), and the raw httptools responder (the ceiling)."""
     key = SigningKey.generate("HS256")
     bare = start_bare(run.procs, "bare")
     headers = start_bare(run.procs, "bare-identity", identity_headers=True)
+    raw = start_raw(run.procs)
     sidecar = run.sidecar("sidecar-cached", key)
     _, pool = _registered_pool(run, sidecar, key, "cached")
-    bare_result, headers_result, sidecar_result = run.compare(
-        [(bare, "/introspect", pool), (headers, "/introspect", pool), (sidecar, "/introspect", pool)]
-    )
+    bare_result, headers_result, check_result, aiohttp_result, raw_result = run.compare([
+        (bare, "/introspect", pool),
+        (headers, "/introspect", pool),
+        (sidecar, "/introspect", pool),
+        (sidecar.aiohttp, "/introspect", pool),
+        (raw, "/introspect", pool),
+    ])
     run.profile("cached-sidecar", sidecar, "/introspect", pool)
     run.profile("cached-bare", bare, "/introspect", pool)
     run.procs.stop_all()
@@ -283,9 +291,13 @@ def cached(run: Run) -> dict[str, Any]:
         "sessions": POOL,
         "bare": bare_result,
         "bare_identity_headers": headers_result,
-        "sidecar": sidecar_result,
-        "rps_ratio": paired_ratio(bare_result, sidecar_result, "rps"),
-        "p99_ratio": paired_ratio(bare_result, sidecar_result, "p99_ms"),
+        "sidecar": check_result,
+        "sidecar_aiohttp": aiohttp_result,
+        "raw": raw_result,
+        "rps_ratio": paired_ratio(bare_result, check_result, "rps"),
+        "p99_ratio": paired_ratio(bare_result, check_result, "p99_ms"),
+        "aiohttp_rps_ratio": paired_ratio(bare_result, aiohttp_result, "rps"),
+        "raw_rps_ratio": paired_ratio(raw_result, check_result, "rps"),
     }
 
 
@@ -420,6 +432,7 @@ def gateway(run: Run, kind: str) -> dict[str, Any]:
     run.procs.stop_all()
     return {
         "app": "nginx return 200",
+        "check_listener": True,
         "bare": bare_result,
         "sidecar": sidecar_result,
         "rps_ratio": paired_ratio(bare_result, sidecar_result, "rps"),
@@ -570,6 +583,10 @@ def rederive(results: dict[str, Any]) -> None:
             r = results[name]
             r["rps_ratio"] = paired_ratio(r["bare"], r["sidecar"], "rps")
             r["p99_ratio"] = paired_ratio(r["bare"], r["sidecar"], "p99_ms")
+    if "cached" in results and "raw" in results["cached"]:
+        r = results["cached"]
+        r["aiohttp_rps_ratio"] = paired_ratio(r["bare"], r["sidecar_aiohttp"], "rps")
+        r["raw_rps_ratio"] = paired_ratio(r["raw"], r["sidecar"], "rps")
     if "sessions" in results:
         r = results["sessions"]
         small, large = sorted((k for k in r if k.isdigit()), key=int)

@@ -20,7 +20,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -70,11 +70,27 @@ def start_bare(
     return Server(name, port, proc)
 
 
+def start_raw(procs: Processes, name: str = "raw") -> Server:
+    """bench.raw: a fixed 200 from httptools on uvloop, the check listener's ceiling."""
+    [port] = free_ports(1)
+    argv = [sys.executable, "-m", "bench.raw", "--port", str(port)]
+    return Server(name, port, procs.start(name, argv, log_says("raw: ready", port), env=REPO_ON_PATH))
+
+
 @dataclass(frozen=True)
 class Sidecar(Server):
+    """``port`` is the check listener (where gateways point, and what every scenario
+    measures); ``aiohttp`` is the same process addressed at its public listener's
+    ``/introspect`` (the same check core behind aiohttp)."""
+
     config: Path
     database: Path
+    public_port: int
     gc_stats: Path | None = None  # written on SIGUSR1 when started through bench.gcwrap
+
+    @property
+    def aiohttp(self) -> Sidecar:
+        return replace(self, name=f"{self.name}-aiohttp", port=self.public_port)
 
     def gc_snapshot(self, timeout: float = 5.0) -> dict[str, Any]:
         """Ask bench.gcwrap for its totals (SIGUSR1) and read them."""
@@ -143,7 +159,7 @@ def start_sidecar(
         argv = [sys.executable, "-m", "bench.gcwrap", str(gc_stats), "serve", "--config", str(config)]
     port = listeners.public
     proc = procs.start(name, argv, log_says("sidecar: ready", port), env=REPO_ON_PATH)
-    return Sidecar(name, port, proc, config, database, gc_stats)
+    return Sidecar(name, listeners.check, proc, config, database, port, gc_stats)
 
 
 async def _introspect_all(url: str, tokens: Sequence[str], concurrency: int) -> list[int]:
@@ -336,7 +352,7 @@ def start_nginx(procs: Processes, name: str, app_port: int, check_port: int) -> 
     """contrib/nginx/{nginx,sidecar}.conf with the ports rewritten, in a private prefix."""
     nginx = nginx_with_auth_request()
     [port] = free_ports(1)
-    conf = nginx_conf_dir(procs.fresh(f"{name}-conf"), gateway_ports(port, app_port, check_port))
+    conf = nginx_conf_dir(procs.fresh(f"{name}-conf"), gateway_ports(port, app_port, check_port, check_port))
     argv = _nginx_argv(nginx, procs.fresh(f"{name}-prefix"), conf)
     return Server(name, port, procs.start(name, argv, listens(port)))
 
@@ -345,7 +361,7 @@ def start_envoy(procs: Processes, name: str, app_port: int, check_port: int) -> 
     """contrib/envoy/envoy.yaml with the ports rewritten; one worker thread on its one core."""
     envoy = find_binary("envoy")
     [port] = free_ports(1)
-    config = write_rewritten(ENVOY_YAML, procs.fresh(name, ".yaml"), gateway_ports(port, app_port, check_port))
+    config = write_rewritten(ENVOY_YAML, procs.fresh(name, ".yaml"), gateway_ports(port, app_port, check_port, check_port))
     argv = [envoy, "-c", str(config), "--disable-hot-restart", "--concurrency", "1", "-l", "warning"]
     return Server(name, port, procs.start(name, argv, listens(port)))
 

@@ -104,13 +104,15 @@ class _Clock:
 
 
 class _Slot:
-    """One answer owed, in request order."""
+    """One answer owed, in request order (encoded when it leaves: by then the listener may
+    be draining, and the last answer must say that the connection closes)."""
 
-    __slots__ = ("close", "data")
+    __slots__ = ("answer", "close", "head")
 
-    def __init__(self, close: bool) -> None:
+    def __init__(self, close: bool, head: bool, answer: Answer | None = None) -> None:
         self.close = close
-        self.data: bytes | None = None
+        self.head = head
+        self.answer = answer
 
 
 class CheckProtocol(asyncio.Protocol):
@@ -129,7 +131,8 @@ class CheckProtocol(asyncio.Protocol):
         self.closing = False  # no more requests are read: answer what is owed, then close
         self.in_message = False
         self.in_head = True  # reading a request head (unparsed bytes are counted)
-        self.unparsed = 0
+        self.unparsed = 0  # bytes received while a head is being read (partial heads)
+        self.head_bytes = 0  # the current request's line and headers, as parsed
         self.read_paused_by: set[str] = set()
         # The request being read.
         self.target = b""
@@ -156,6 +159,12 @@ class CheckProtocol(asyncio.Protocol):
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.deadline = self.clock.now + listener.header_timeout
+
+    def eof_received(self) -> bool:
+        """The client sent everything it will send: answer what is owed, then close."""
+        self.closing = True
+        self.deadline = 0.0
+        return bool(self.waiting)  # True keeps the transport open for those answers
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.listener.connections.discard(self)
@@ -223,6 +232,7 @@ class CheckProtocol(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self.in_message = True
         self.target = b""
+        self.head_bytes = 0
         self.headers = HeaderLists()
         self.deadline = self.clock.now + self.listener.header_timeout
 
@@ -230,15 +240,27 @@ class CheckProtocol(asyncio.Protocol):
         self.target += url
         if len(self.target) > MAX_TARGET:
             raise _Refused(TARGET_TOO_LONG)
+        self.head_bytes += len(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        # Every head is bounded however its bytes arrive (in one read, in many, behind
+        # another request): counted as parsed here, and while partial in data_received.
+        self.head_bytes += len(name) + len(value) + 4
+        if self.head_bytes > MAX_HEAD:
+            raise _Refused(HEAD_TOO_LARGE)
         self.headers.add(name.decode("latin-1").lower(), value.decode("utf-8", "surrogateescape"))
 
     def on_headers_complete(self) -> None:
         self.in_head = False
         self.unparsed = 0
         expect = self.headers.get("expect")
-        if expect is not None and expect.lower() == "100-continue" and not self.waiting and self.transport:
+        if (
+            expect is not None
+            and expect.lower() == "100-continue"
+            and not self.waiting
+            and not self.closing
+            and self.transport is not None
+        ):
             # The client waits before sending its body; the answer does not depend on it.
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
@@ -264,9 +286,9 @@ class CheckProtocol(asyncio.Protocol):
             if now is not None:
                 answer = now
             else:
-                slot = _Slot(close)
+                slot = _Slot(close, head)
                 self.waiting.append(slot)
-                task = asyncio.get_running_loop().create_task(self._decide(slot, facts, head))
+                task = asyncio.get_running_loop().create_task(self._decide(slot, facts))
                 self.tasks.add(task)
                 task.add_done_callback(self.tasks.discard)
                 self._check_line()
@@ -288,24 +310,21 @@ class CheckProtocol(asyncio.Protocol):
     # ------------------------------------------------------------------ answering
 
     def _owe(self, answer: Answer, close: bool, head: bool) -> None:
-        data = _encode(answer, close, head, self.clock.date)
         if not self.waiting and self.transport is not None:
-            self.transport.write(data)
+            self.transport.write(_encode(answer, close, head, self.clock.date))
             return
-        slot = _Slot(close)
-        slot.data = data
-        self.waiting.append(slot)
+        self.waiting.append(_Slot(close, head, answer))
         self._check_line()
 
     def _check_line(self) -> None:
         if len(self.waiting) >= MAX_WAITING:
             self._pause("waiting")
 
-    async def _decide(self, slot: _Slot, facts: RequestFacts, head: bool) -> None:
+    async def _decide(self, slot: _Slot, facts: RequestFacts) -> None:
         answer = await self.core.decide(facts)
         if self.listener.access_log:
             access_log.info("%s %s %d", facts.method, facts.target[:200], answer.status)
-        slot.data = _encode(answer, slot.close, head, self.clock.date)
+        slot.answer = answer
         self._flush()
 
     def _flush(self) -> None:
@@ -313,10 +332,14 @@ class CheckProtocol(asyncio.Protocol):
         waiting = self.waiting
         if transport is None:
             return
-        while waiting and (data := waiting[0].data) is not None:
+        while waiting and (answer := waiting[0].answer) is not None:
             slot = waiting.popleft()
-            transport.write(data)
-            if slot.close:
+            # The last answer of a connection that closes after it says so.
+            close = slot.close or (self.closing and not waiting) or (
+                self.listener.draining and not waiting and not self.in_message
+            )
+            transport.write(_encode(answer, close, slot.head, self.clock.date))
+            if close:
                 waiting.clear()
                 self.closing = True
                 transport.close()

@@ -8,12 +8,14 @@ names below stay importable from here for the modules that still import them so.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator, Callable, Generator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
@@ -21,6 +23,7 @@ from sidecar.clock import Clock, SystemClock
 from sidecar.config import Settings
 from sidecar.web import Services, create_admin_app, create_app, open_services
 from sidecar.web.app import checks_first, runner_kwargs
+from sidecar.wire import CheckListener
 from tests.support import REPO, HarnessError
 from tests.support.configs import settings_for, write_toml
 from tests.support.sessions import CHROME_WINDOWS
@@ -54,22 +57,29 @@ def geoip_db(name: str = "GeoIP2-City-Test.mmdb") -> Path:
 
 @dataclass
 class Sidecar:
-    """A running sidecar: public and admin listeners on loopback, and its services."""
+    """A running sidecar: public, admin and check listeners on loopback, and its services.
+
+    ``checker`` is a client of the check listener (``sidecar.wire``), where gateways point:
+    ``check`` and ``session_id`` go through it, as ``sidecar serve``'s gateways do; tests
+    of ``/introspect`` on the aiohttp listener use ``public``.
+    """
 
     public: TestClient[Any, Any]
     admin: TestClient[Any, Any]
     services: Services
+    checker: aiohttp.ClientSession
+    listener: CheckListener
 
     async def check(self, token: str | None, **headers: str) -> int:
         h = dict(headers)
         if token is not None:
             h.update(bearer(token))
-        async with self.public.get("/introspect", headers=h) as resp:
+        async with self.checker.get("/introspect", headers=h) as resp:
             return resp.status
 
     async def session_id(self, token: str) -> str:
         """Use a token once (auto registration) and return its session id."""
-        async with self.public.get("/introspect", headers=bearer(token)) as resp:
+        async with self.checker.get("/introspect", headers=bearer(token)) as resp:
             assert resp.status == 200, await resp.text()
             return resp.headers["X-Auth-Session"]
 
@@ -105,7 +115,11 @@ async def start_sidecar(
             checks_first(server.runner)  # as `sidecar serve` does, before any connection
             public = await aiohttp_client(server)
             admin = await aiohttp_client(await aiohttp_server(create_admin_app(s, services), **kwargs))
-            return Sidecar(public, admin, services)
+            listener = CheckListener(services.check, s)
+            await listener.start(socket.create_server(("127.0.0.1", 0)))
+            stack.push_async_callback(listener.shutdown, 1.0)
+            checker = await stack.enter_async_context(aiohttp.ClientSession(f"http://127.0.0.1:{listener.port}"))
+            return Sidecar(public, admin, services, checker, listener)
 
         yield start
 

@@ -19,7 +19,7 @@ from tests.gateways.support import Gateway, Upstream, run_gateway_sidecar, run_u
 from tests.support.ports import blackhole, free_ports
 from tests.support.sidecar import SidecarProcess
 
-Launcher = Callable[[Path, int, int], AbstractContextManager[Gateway]]
+Launcher = Callable[[Path, int, int, int], AbstractContextManager[Gateway]]
 
 # The client address the tests use when the sidecar must tell the client from the gateway
 # (which reaches it from 127.0.0.1, the one trusted proxy). All of 127/8 is loopback.
@@ -54,7 +54,7 @@ def gateway(
     upstream: Upstream,
 ) -> Iterator[Gateway]:
     """The gateway with the shipped configuration, in front of the live sidecar."""
-    with launch_gateway(tmp_path_factory.mktemp("gateway"), upstream.port, sidecar_process.port) as gw:
+    with launch_gateway(tmp_path_factory.mktemp("gateway"), upstream.port, sidecar_process.port, sidecar_process.check_port) as gw:
         yield gw
 
 
@@ -64,7 +64,7 @@ def gateway_without_sidecar(
 ) -> Iterator[Gateway]:
     """The gateway pointed at a port where no sidecar listens."""
     [nothing] = free_ports(1)
-    with launch_gateway(tmp_path_factory.mktemp("gateway-down"), upstream.port, nothing) as gw:
+    with launch_gateway(tmp_path_factory.mktemp("gateway-down"), upstream.port, nothing, nothing) as gw:
         yield gw
 
 
@@ -75,7 +75,7 @@ def gateway_with_hung_sidecar(
     """The gateway pointed at a sidecar that accepts connections and never answers."""
     with (
         blackhole() as port,
-        launch_gateway(tmp_path_factory.mktemp("gateway-hung"), upstream.port, port) as gw,
+        launch_gateway(tmp_path_factory.mktemp("gateway-hung"), upstream.port, port, port) as gw,
     ):
         yield gw
 
@@ -87,7 +87,7 @@ def gateway_with_broken_sidecar(
     """The gateway pointed at a sidecar that answers 503 to every check."""
     with (
         run_upstream(tmp_path_factory.mktemp("broken-sidecar"), status=503) as broken,
-        launch_gateway(tmp_path_factory.mktemp("gateway-broken"), upstream.port, broken.port) as gw,
+        launch_gateway(tmp_path_factory.mktemp("gateway-broken"), upstream.port, broken.port, broken.port) as gw,
     ):
         yield gw
 

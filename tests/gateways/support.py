@@ -132,24 +132,24 @@ class Gateway:
 
 @contextmanager
 def run_nginx(
-    workdir: Path, app_port: int, sidecar_port: int, server_block: Path = NGINX_SERVER_BLOCK
+    workdir: Path, app_port: int, sidecar_port: int, check_port: int, server_block: Path = NGINX_SERVER_BLOCK
 ) -> Iterator[Gateway]:
     """nginx with contrib/nginx/nginx.conf around ``server_block`` (by default the shipped
     contrib/nginx/sidecar.conf), ports rewritten, in a private prefix."""
     nginx = nginx_with_auth_request()
     [port] = free_ports(1)
-    conf = nginx_conf_dir(workdir / "conf", gateway_ports(port, app_port, sidecar_port), server_block.read_text())
+    conf = nginx_conf_dir(workdir / "conf", gateway_ports(port, app_port, sidecar_port, check_port), server_block.read_text())
     argv = nginx_argv(nginx, workdir / "prefix", conf)
     with running("nginx", argv, workdir, listens(port)) as service:
         yield Gateway("nginx", port, service)
 
 
 @contextmanager
-def run_envoy(workdir: Path, app_port: int, sidecar_port: int) -> Iterator[Gateway]:
+def run_envoy(workdir: Path, app_port: int, sidecar_port: int, check_port: int) -> Iterator[Gateway]:
     """Envoy with contrib/envoy/envoy.yaml, ports rewritten."""
     envoy = find_binary("envoy")
     [port] = free_ports(1)
-    config = write_rewritten(ENVOY_YAML, workdir / "envoy.yaml", gateway_ports(port, app_port, sidecar_port))
+    config = write_rewritten(ENVOY_YAML, workdir / "envoy.yaml", gateway_ports(port, app_port, sidecar_port, check_port))
     # Several Envoys run at once here: without hot restart they share no base id. Two
     # worker threads are plenty for the tests on any machine.
     argv = [envoy, "-c", str(config), "--disable-hot-restart", "--concurrency", "2"]
@@ -158,12 +158,12 @@ def run_envoy(workdir: Path, app_port: int, sidecar_port: int) -> Iterator[Gatew
 
 
 @contextmanager
-def run_caddy(workdir: Path, app_port: int, sidecar_port: int) -> Iterator[Gateway]:
+def run_caddy(workdir: Path, app_port: int, sidecar_port: int, check_port: int) -> Iterator[Gateway]:
     """Caddy with contrib/caddy/Caddyfile, ports rewritten; its admin endpoint is off (the
     file says ``admin off``), and its home, config and data folders are in ``workdir``."""
     caddy = find_binary("caddy")
     [port] = free_ports(1)
-    config = write_rewritten(CADDYFILE, workdir / "Caddyfile", gateway_ports(port, app_port, sidecar_port))
+    config = write_rewritten(CADDYFILE, workdir / "Caddyfile", gateway_ports(port, app_port, sidecar_port, check_port))
     home = workdir / "home"
     env = {"HOME": str(home), "XDG_CONFIG_HOME": str(home / "config"), "XDG_DATA_HOME": str(home / "data")}
     argv = [caddy, "run", "--config", str(config), "--adapter", "caddyfile"]

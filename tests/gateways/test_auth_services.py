@@ -90,37 +90,38 @@ def boilerplate_gateway(
 ) -> Iterator[Gateway]:
     """The shipped contrib/nginx configuration, unchanged, in front of the boilerplate."""
     workdir = tmp_path_factory.mktemp("boilerplate-nginx")
-    with run_nginx(workdir, boilerplate_app.port, boilerplate_sidecar.port) as gateway:
+    with run_nginx(workdir, boilerplate_app.port, boilerplate_sidecar.port, boilerplate_sidecar.check_port) as gateway:
         yield gateway
 
 
 @pytest.fixture(scope="module")
-def example_ports() -> tuple[int, int, int]:
+def example_ports() -> tuple[int, int, int, int]:
     """(app, sidecar public, sidecar admin) ports for the contrib/fastapi example."""
-    app, public, admin = free_ports(3)
-    return app, public, admin
+    app, public, admin, check = free_ports(4)
+    return app, public, admin, check
 
 
 @pytest.fixture(scope="module")
 def example_sidecar(
-    tmp_path_factory: pytest.TempPathFactory, example_ports: tuple[int, int, int]
+    tmp_path_factory: pytest.TempPathFactory, example_ports: tuple[int, int, int, int]
 ) -> Iterator[SidecarProcess]:
     """The sidecar with contrib/fastapi/sidecar.toml as shipped, only its ports rewritten."""
     workdir = tmp_path_factory.mktemp("example-sidecar")
-    _, public, admin = example_ports
-    config = write_rewritten(EXAMPLE / "sidecar.toml", workdir / "sidecar.toml", {8080: public, 8081: admin})
+    _, public, admin, check = example_ports
+    ports = {8080: public, 8081: admin, 8082: check}
+    config = write_rewritten(EXAMPLE / "sidecar.toml", workdir / "sidecar.toml", ports)
     env = {"JWT_SECRET": SECRET, "SIDECAR_ADMIN_KEY": ADMIN_KEY}
     with run_sidecar_file(workdir, config, public, env=env) as service:
-        yield SidecarProcess("sidecar", Listeners(public, admin), config, service)
+        yield SidecarProcess("sidecar", Listeners(public, admin, check), config, service)
 
 
 @pytest.fixture(scope="module")
 def example_app(
-    tmp_path_factory: pytest.TempPathFactory, example_ports: tuple[int, int, int], example_sidecar: SidecarProcess
+    tmp_path_factory: pytest.TempPathFactory, example_ports: tuple[int, int, int, int], example_sidecar: SidecarProcess
 ) -> Iterator[Upstream]:
     """contrib/fastapi/app.py, configured by its environment variables."""
     workdir = tmp_path_factory.mktemp("example-app")
-    port, _, admin = example_ports
+    port, _, admin, _ = example_ports
     env = {
         "JWT_SECRET": SECRET,
         "SIDECAR_ADMIN_URL": f"http://127.0.0.1:{admin}",
@@ -138,7 +139,9 @@ def example_gateway(
 ) -> Iterator[Gateway]:
     """nginx with contrib/fastapi/nginx.conf in front of the example."""
     workdir = tmp_path_factory.mktemp("example-nginx")
-    with run_nginx(workdir, example_app.port, example_sidecar.port, EXAMPLE / "nginx.conf") as gateway:
+    with run_nginx(
+        workdir, example_app.port, example_sidecar.port, example_sidecar.check_port, EXAMPLE / "nginx.conf"
+    ) as gateway:
         yield gateway
 
 

@@ -55,7 +55,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         running("auth", auth_argv, work, log_says("auth_service: ready", auth_port), env=REPO_ON_PATH),
         run_sidecar(work, jwt=BOILERPLATE_JWT, capture=capture_routes(f"http://127.0.0.1:{auth_port}")[:3]) as sidecar,
     ):
-        conf = nginx_conf_dir(work / "conf", gateway_ports(listen_port, auth_port, sidecar.port), text)
+        conf = nginx_conf_dir(work / "conf", gateway_ports(listen_port, auth_port, sidecar.port, sidecar.check_port), text)
         (conf.parent / "capture.conf").write_text((CONTRIB / "nginx" / "capture.conf").read_text())
         with running("nginx", nginx_argv(nginx, work / "prefix", conf), work, listens(listen_port)) as gw:
             yield Stack(Gateway("nginx", listen_port, gw), auth_port)

@@ -31,12 +31,17 @@ class Listeners:
 
     public: int
     admin: int
+    check: int
 
     @classmethod
     def free(cls) -> Listeners:
         """A free loopback port for each listener."""
-        public, admin = free_ports(2)
-        return cls(public, admin)
+        public, admin, check = free_ports(3)
+        return cls(public, admin, check)
+
+    @property
+    def check_url(self) -> str:
+        return f"http://{HOST}:{self.check}"
 
     @property
     def url(self) -> str:
@@ -70,6 +75,7 @@ def sidecar_config(listeners: Listeners | None, storage_url: str, **sections: Se
     if listeners is not None:
         raw["server"] = {"host": HOST, "port": listeners.public, **raw["server"]}
         raw["admin"] = {"host": HOST, "port": listeners.admin, **raw["admin"]}
+        raw["check"] = {"host": HOST, "port": listeners.check}
     for name, values in sections.items():
         if values is None:
             raw.pop(name, None)

@@ -12,16 +12,17 @@ from pathlib import Path
 
 from tests.support import CONTRIB, HarnessError
 
-LISTEN_PORT, APP_PORT, SIDECAR_PORT = 8000, 8001, 8080
+LISTEN_PORT, APP_PORT, SIDECAR_PORT, CHECK_PORT = 8000, 8001, 8080, 8082
 NGINX_CONF = CONTRIB / "nginx" / "nginx.conf"
 NGINX_SERVER_BLOCK = CONTRIB / "nginx" / "sidecar.conf"
 ENVOY_YAML = CONTRIB / "envoy" / "envoy.yaml"
 CADDYFILE = CONTRIB / "caddy" / "Caddyfile"
 
 
-def gateway_ports(listen: int, app: int, sidecar: int) -> dict[int, int]:
-    """The shipped port -> the port to use instead."""
-    return {LISTEN_PORT: listen, APP_PORT: app, SIDECAR_PORT: sidecar}
+def gateway_ports(listen: int, app: int, sidecar: int, check: int) -> dict[int, int]:
+    """The shipped port -> the port to use instead (``sidecar``: the public listener, which
+    serves the sessions API; ``check``: the check listener)."""
+    return {LISTEN_PORT: listen, APP_PORT: app, SIDECAR_PORT: sidecar, CHECK_PORT: check}
 
 
 def rewrite_ports(text: str, ports: Mapping[int, int]) -> str:

@@ -37,6 +37,14 @@ class SidecarProcess:
         return self.listeners.admin_url
 
     @property
+    def check_port(self) -> int:
+        return self.listeners.check
+
+    @property
+    def check_url(self) -> str:
+        return self.listeners.check_url
+
+    @property
     def pid(self) -> int:
         return self.service.pid
 
