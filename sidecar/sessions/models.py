@@ -5,7 +5,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Final, Literal, Protocol
+from typing import Final, Protocol
+
+from sidecar.config import OnSessionLimit
 
 # Why a session was revoked (``Session.revoked_reason``): what the admin listing shows,
 # the metrics count and the audit line carries. Free text in the store, so later
@@ -20,8 +22,6 @@ LIMIT: Final = "limit"  # pushed out by a newer session past sessions.max_sessio
 OAUTH2: Final = "oauth2"  # RFC 7009 POST /oauth2/revoke
 LOGOUT: Final = "logout"  # the auth service's logout, through a capture route
 POLICY_ACTOR: Final = "policy"  # who revokes for idle and lifetime
-
-OnSessionLimit = Literal["refuse_new", "revoke_oldest", "revoke_least_recent"]
 
 
 @dataclass(frozen=True, slots=True)
