@@ -377,7 +377,11 @@ class SessionService:
             state: _State | None = self._states.get(key)
             if need_state:
                 if row is not None:
-                    state = self._remember(key, self._state_of(row), overwrite=overwrite)
+                    loaded = self._state_of(row)
+                    if state is not None and state.id == loaded.id:
+                        # The store's last_seen lags this process's own (batched) activity.
+                        loaded.last_seen = max(loaded.last_seen, state.last_seen)
+                    state = self._remember(key, loaded, overwrite=overwrite)
                 elif overwrite:
                     self._states.pop(key, None)
                     state = None
@@ -418,7 +422,7 @@ class SessionService:
         Synchronous and two comparisons, so any path that decides a known session from memory
         can call it; with the policies off both bounds are infinite and it returns None.
         """
-        if now - state.created_at >= self._lifetime:
+        if now - state.created_at > self._lifetime:
             return LIFETIME
         if now - state.last_seen > self._idle:
             return IDLE
@@ -613,7 +617,7 @@ class SessionService:
         if session.revoked_at is not None:
             raise SessionRejectedError("revoked")
         now = self._clock.wall()
-        if now - session.created_at >= self._lifetime:
+        if now - session.created_at > self._lifetime:
             await self._revoke_for_policy(session.id, LIFETIME, now)
             raise SessionRejectedError(LIFETIME)
         return session, created
@@ -653,7 +657,7 @@ class SessionService:
     def _ended_by_policy(self, s: Session, now: float) -> bool:
         """Whether an unrevoked session is past its lifetime, or idle for certain (not yet
         revoked for it: the sweep or its next check will): listings leave it out."""
-        return now - s.created_at >= self._lifetime or now - s.last_seen > self._idle + self._idle_grace
+        return now - s.created_at > self._lifetime or now - s.last_seen > self._idle + self._idle_grace
 
     def deadlines(self, s: Session) -> tuple[float | None, float | None]:
         """(idle_expires_at, lifetime_expires_at) of a session: when it is refused for
