@@ -156,6 +156,10 @@ def targets(results: dict[str, Any]) -> list[Target]:
         small, large = sorted(int(k) for k in s if k.isdigit())
         what = f"req/s with {large:,} stored sessions ÷ with {small:,}"
         out.append(Target(what, s["rps_ratio"], ">= 0.90", _x(s["rps_ratio"])))
+    if "policies" in results:
+        p = results["policies"]
+        what = "cached check req/s, idle + lifetime + limit on ÷ off (issue 15)"
+        out.append(Target(what, p["rps_ratio"], ">= 0.95", _x(p["rps_ratio"])))
     return out
 
 
@@ -221,6 +225,10 @@ def render(results: dict[str, Any], meta: dict[str, Any], profiles: Sequence[Pro
         for k in keys:
             row("5", f"sidecar, {int(k):,} stored sessions (1,000 cached tokens)", ss[k],
                 f"{_x(ss['rps_ratio'])} req/s" if k == keys[-1] else "")
+    if "policies" in results:
+        p = results["policies"]
+        row("7", "sidecar, 1,000 cached tokens, session policies off", p["off"])
+        row("7", "the same, idle + lifetime + limit on", p["on"], f"{_x(p['rps_ratio'])} req/s")
     parts.append(table(
         ["#", "measurement", "req/s", "p50 ms", "p99 ms", "ratio", "busy % server / wrk core", "other procs %"], rows
     ))

@@ -112,7 +112,9 @@ def gc_delta(a: dict[str, Any], b: dict[str, Any], requests: int) -> dict[str, A
     }
 
 
-def sidecar_config(port: int, admin_port: int, database: Path, key: SigningKey, key_file: Path | None) -> str:
+def sidecar_config(
+    port: int, admin_port: int, database: Path, key: SigningKey, key_file: Path | None, *, sessions: str = ""
+) -> str:
     if key.secret is not None:
         keys = f'secret = "{key.secret}"'
     elif key_file is not None:
@@ -135,7 +137,7 @@ algorithms = ["{key.algorithm}"]
 registration = "auto"
 # Room for every stored session of the largest run (1,000,000) to be held in memory.
 state_cache_size = 2000000
-
+{sessions}
 [storage]
 url = "sqlite:///{database}"
 
@@ -150,7 +152,13 @@ level = "INFO"
 
 
 def start_sidecar(
-    procs: Processes, name: str, key: SigningKey, database: Path | None = None, *, gc: bool = False
+    procs: Processes,
+    name: str,
+    key: SigningKey,
+    database: Path | None = None,
+    *,
+    gc: bool = False,
+    sessions: str = "",
 ) -> Sidecar:
     """``sidecar serve`` with ``key``'s algorithm, on a free port, its own SQLite file;
     with ``gc``, through bench.gcwrap (garbage collections counted)."""
@@ -162,7 +170,7 @@ def start_sidecar(
         key_file.write_bytes(key.public_pem)
     database = database or procs.fresh(name, ".db")
     config = procs.fresh(name, ".toml")
-    config.write_text(sidecar_config(port, admin_port, database, key, key_file))
+    config.write_text(sidecar_config(port, admin_port, database, key, key_file, sessions=sessions))
     argv = [binary, "serve", "--config", str(config)]
     gc_stats = None
     if gc:
@@ -230,7 +238,7 @@ class SessionSpace:
 
 _EXPECTED_COLUMNS = [
     "id", "session_key", "user_id", "created_at", "last_seen", "expires_at", "revoked_at",
-    "ip_address", "device", "location", "revision",
+    "ip_address", "device", "location", "revision", "revoked_reason", "revoked_by",
 ]
 
 
@@ -268,12 +276,12 @@ def populate(database: Path, space: SessionSpace) -> float:
                 yield (
                     str(uuid.UUID(int=id_base + i)), f"sid:{who.sid}", who.user,
                     now - 3600, now - 60, now + 86400, None,
-                    "127.0.0.1", "Chrome on Windows", "Private network", 0,
+                    "127.0.0.1", "Chrome on Windows", "Private network", 0, None, None,
                 )
 
         with conn:
             conn.executemany(
-                f"INSERT INTO sessions ({', '.join(_EXPECTED_COLUMNS)}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608 (constant column list)
+                f"INSERT INTO sessions ({', '.join(_EXPECTED_COLUMNS)}) VALUES ({', '.join('?' * len(_EXPECTED_COLUMNS))})",  # noqa: S608
                 rows(),
             )
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
