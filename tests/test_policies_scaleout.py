@@ -90,15 +90,17 @@ async def test_limit_refuse_new_under_a_race_on_two_processes(two: Two) -> None:
 
 @policies(max_sessions_per_user=3, on_session_limit="revoke_oldest")
 async def test_limit_revoke_oldest_under_a_race_on_two_processes(two: Two) -> None:
-    """Eight first checks racing on two processes with revoke_oldest: every one is admitted, three
-    stay active, the others are revoked with reason limit and refused by both processes."""
+    """Eight first checks racing on two processes with revoke_oldest: every one is admitted (one
+    pushed out by a newer login before its own answer may already get 401), three stay active,
+    the others are revoked with reason limit and refused by both processes."""
     tokens = [mint("mona") for _ in range(8)]
     async with aiohttp.ClientSession() as http:
         results = await asyncio.gather(
             *(check(http, two.port_a if i % 2 else two.port_b, t) for i, t in enumerate(tokens))
         )
-        assert results == [200] * 8
+        assert results.count(200) >= 3
         rows = await listing(http, two.admin_b, "mona")
+        assert len(rows) == 8  # every one was admitted
         assert len([s for s in rows if s["revoked_at"] is None]) == 3
         assert {s["revoked_reason"] for s in rows if s["revoked_at"] is not None} == {"limit"}
         await asyncio.sleep(0.5 * 3)  # three catch-up intervals: each process has read the other's revocations
