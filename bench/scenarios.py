@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -138,8 +138,10 @@ class Run:
         result = run()
         return replace(result, gc=gc_delta(before, server.gc_snapshot(), result.requests))
 
-    def sidecar(self, name: str, key: SigningKey, database: Path | None = None) -> Sidecar:
-        return start_sidecar(self.procs, name, key, database, gc=self.options.gc)
+    def sidecar(
+        self, name: str, key: SigningKey, database: Path | None = None, *, sessions: Mapping[str, Any] | None = None
+    ) -> Sidecar:
+        return start_sidecar(self.procs, name, key, database, gc=self.options.gc, sessions=sessions)
 
     def quietly(self, label: str, timing: Callable[[], float]) -> float:
         """An in-process timing on the server core, again if other processes disturbed it."""
@@ -604,6 +606,38 @@ def rederive(results: dict[str, Any]) -> None:
         a["cold_cost_vs_pyjwt"] = _ratio(a["cold_cost_us"], a["pyjwt_decode_us"])
 
 
+# ---------------------------------------------------------------------------- 7. session policies
+
+# All three on, with bounds no request of the run reaches (so every check is the cached
+# allow, paying only for the policies' comparisons), and the limit above the pool's one
+# session per user.
+POLICIES_ON = {
+    "idle_timeout_seconds": 1800,
+    "max_lifetime_seconds": 86400,
+    "max_sessions_per_user": 10,
+    "on_session_limit": "revoke_oldest",
+}
+
+
+def policies(run: Run) -> dict[str, Any]:
+    """The cached check with the idle timeout, the lifetime and the session limit on, against
+    the same check with them off: two sidecars side by side, interleaved runs."""
+    key = SigningKey.generate("HS256")
+    off = run.sidecar("sidecar-policies-off", key)
+    on = run.sidecar("sidecar-policies-on", key, sessions=POLICIES_ON)
+    _, pool_off = _registered_pool(run, off, key, "policies-off")
+    _, pool_on = _registered_pool(run, on, key, "policies-on")
+    off_result, on_result = run.compare([(off, "/introspect", pool_off), (on, "/introspect", pool_on)])
+    run.procs.stop_all()
+    return {
+        "tokens": POOL,
+        "off": off_result,
+        "on": on_result,
+        "rps_ratio": paired_ratio(off_result, on_result, "rps"),
+        "p99_ratio": paired_ratio(off_result, on_result, "p99_ms"),
+    }
+
+
 SCENARIOS: dict[str, Callable[[Run], dict[str, Any]]] = {
     "cached": cached,
     "cold": cold,
@@ -612,4 +646,5 @@ SCENARIOS: dict[str, Callable[[Run], dict[str, Any]]] = {
     "sessions": sessions,
     "memory": memory,
     "middleware": middleware,
+    "policies": policies,
 }

@@ -19,7 +19,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -119,7 +119,15 @@ def gc_delta(a: dict[str, Any], b: dict[str, Any], requests: int) -> dict[str, A
     }
 
 
-def write_config(path: Path, listeners: Listeners, database: Path, key: SigningKey, key_file: Path | None) -> Path:
+def write_config(
+    path: Path,
+    listeners: Listeners,
+    database: Path,
+    key: SigningKey,
+    key_file: Path | None,
+    *,
+    sessions: Mapping[str, Any] | None = None,
+) -> Path:
     """The harness's sidecar config, tuned for measuring: no access log, no admin key,
     the sidecar's own leeway and flush interval, room for every stored session."""
     if key.secret is None and key_file is None:
@@ -134,14 +142,25 @@ def write_config(path: Path, listeners: Listeners, database: Path, key: SigningK
             "leeway_seconds": None,
         },
         # Room for every stored session of the largest run (1,000,000) to be held in memory.
-        sessions={"registration": "auto", "state_cache_size": 2_000_000, "last_seen_flush_seconds": None},
+        sessions={
+            "registration": "auto",
+            "state_cache_size": 2_000_000,
+            "last_seen_flush_seconds": None,
+            **(sessions or {}),
+        },
         admin={"api_keys": None},  # the admin listener stays off (nothing here registers through it)
         logging={"level": "INFO"},
     )
 
 
 def start_sidecar(
-    procs: Processes, name: str, key: SigningKey, database: Path | None = None, *, gc: bool = False
+    procs: Processes,
+    name: str,
+    key: SigningKey,
+    database: Path | None = None,
+    *,
+    gc: bool = False,
+    sessions: Mapping[str, Any] | None = None,
 ) -> Sidecar:
     """``sidecar serve`` with ``key``'s algorithm, on a free port, its own SQLite file;
     with ``gc``, through bench.gcwrap (garbage collections counted)."""
@@ -151,7 +170,7 @@ def start_sidecar(
         key_file = procs.fresh(f"{name}-{key.algorithm.lower()}", ".pem")
         key_file.write_bytes(key.public_pem)
     database = database or procs.fresh(name, ".db")
-    config = write_config(procs.fresh(name, ".toml"), listeners, database, key, key_file)
+    config = write_config(procs.fresh(name, ".toml"), listeners, database, key, key_file, sessions=sessions)
     argv = sidecar_argv(config)
     gc_stats = None
     if gc:
@@ -258,7 +277,7 @@ class SessionSpace:
 
 _EXPECTED_COLUMNS = [
     "id", "session_key", "user_id", "created_at", "last_seen", "expires_at", "revoked_at",
-    "ip_address", "device", "location", "revision",
+    "ip_address", "device", "location", "revision", "revoked_reason", "revoked_by",
 ]
 
 
@@ -296,12 +315,12 @@ def populate(database: Path, space: SessionSpace) -> float:
                 yield (
                     str(uuid.UUID(int=id_base + i)), f"sid:{who.sid}", who.user,
                     now - 3600, now - 60, now + 86400, None,
-                    "127.0.0.1", "Chrome on Windows", "Private network", 0,
+                    "127.0.0.1", "Chrome on Windows", "Private network", 0, None, None,
                 )
 
         with conn:
             conn.executemany(
-                f"INSERT INTO sessions ({', '.join(_EXPECTED_COLUMNS)}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608 (constant column list)
+                f"INSERT INTO sessions ({', '.join(_EXPECTED_COLUMNS)}) VALUES ({', '.join('?' * len(_EXPECTED_COLUMNS))})",  # noqa: S608
                 rows(),
             )
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")

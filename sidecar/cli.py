@@ -74,6 +74,7 @@ def summary(settings: Settings, path: str) -> list[str]:
             "(set jwt.token_lifetime_seconds to refuse older ones)"
         )
     lines.append(f"  cut-offs    a token's age from {age}")
+    lines.extend(_policy_lines(s))
     if s.routes:
         lines.append("  routes      first match wins; anything else is required")
         for r in s.routes:
@@ -97,6 +98,25 @@ def summary(settings: Settings, path: str) -> list[str]:
     lines.append(f"  admin       {admin}")
     lines.append(f"  geoip       {s.geoip.database or 'none (locations read Unknown)'}")
     return lines
+
+
+def _policy_lines(settings: Settings) -> list[str]:
+    """The session policies, each with the bound it keeps (README: Session policies)."""
+    p = settings.sessions
+    if not p.policies_on:
+        return ["  policies    none (sessions end only by their tokens' exp and by revocation)"]
+    lines = []
+    if p.idle_timeout_seconds:
+        lines.append(
+            f"idle timeout {p.idle_timeout_seconds:g} s: refused {p.idle_timeout_seconds:g}-"
+            f"{p.idle_timeout_seconds + p.idle_grace_seconds:g} s after the last allowed check on any process "
+            f"(last_seen_flush_seconds {p.last_seen_flush_seconds:g} + 1 s)"
+        )
+    if p.max_lifetime_seconds:
+        lines.append(f"lifetime {p.max_lifetime_seconds:g} s from login, however fresh the token")
+    if p.max_sessions_per_user:
+        lines.append(f"at most {p.max_sessions_per_user} active session(s) per user; beyond: {p.on_session_limit}")
+    return [f"  {'policies' if i == 0 else '':<10}  {line}" for i, line in enumerate(lines)]
 
 
 def cmd_check_config(settings: Settings, path: str) -> int:

@@ -33,6 +33,12 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 RESERVED_HEADERS = frozenset({"x-auth-user", "x-auth-session", "x-auth-anonymous"})
 
 Registration = Literal["auto", "explicit"]
+# sessions.on_session_limit: refuse the new session, or admit it and revoke the oldest
+# login / the least recently seen session of the user.
+OnSessionLimit = Literal["refuse_new", "revoke_oldest", "revoke_least_recent"]
+# What an idle decision allows, beyond last_seen_flush_seconds, for the flush's own write and
+# for clock skew between hosts (see SessionSettings.idle_grace_seconds).
+IDLE_MARGIN_SECONDS = 1.0
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 LogFormat = Literal["text", "json"]
 
@@ -92,6 +98,23 @@ class SessionSettings:
     state_cache_size: int = 1_000_000
     catchup_interval_seconds: float = 1.0
     max_staleness_seconds: float = 10.0
+    # Session policies; 0 = off. They only ever shorten a session (tokens keep their exp).
+    idle_timeout_seconds: float = 0.0
+    max_lifetime_seconds: float = 0.0
+    max_sessions_per_user: int = 0
+    on_session_limit: OnSessionLimit = "refuse_new"
+
+    @property
+    def idle_grace_seconds(self) -> float:
+        """How late an idle refusal can be: activity is batched per process and written every
+        ``last_seen_flush_seconds``, so a check another process allowed that long ago may not
+        be in the store yet. A session is refused as idle only once the store shows no
+        activity for ``idle_timeout_seconds`` plus this (README: Session policies)."""
+        return self.last_seen_flush_seconds + IDLE_MARGIN_SECONDS
+
+    @property
+    def policies_on(self) -> bool:
+        return bool(self.idle_timeout_seconds or self.max_lifetime_seconds or self.max_sessions_per_user)
 
 
 @dataclass(frozen=True)
@@ -712,13 +735,30 @@ def _sessions(s: _Section) -> SessionSettings:
             f"({staleness:g} <= {catchup:g})"
         )
     registration = _choice(s, "registration", Registration)
-    return _finish(s, SessionSettings(
+    flush = s.number("last_seen_flush_seconds", minimum=0.05, maximum=3600)
+    settings = SessionSettings(
         registration=registration,
-        last_seen_flush_seconds=s.number("last_seen_flush_seconds", minimum=0.05, maximum=3600),
+        last_seen_flush_seconds=flush,
         state_cache_size=s.integer("state_cache_size", minimum=1000, maximum=100_000_000),
         catchup_interval_seconds=catchup,
         max_staleness_seconds=staleness,
-    ))
+        idle_timeout_seconds=s.number("idle_timeout_seconds", minimum=0, maximum=86400 * 3650),
+        max_lifetime_seconds=s.number("max_lifetime_seconds", minimum=0, maximum=86400 * 3650),
+        max_sessions_per_user=s.integer("max_sessions_per_user", minimum=0, maximum=100_000),
+        on_session_limit=_choice(s, "on_session_limit", OnSessionLimit),
+    )
+    idle, grace = settings.idle_timeout_seconds, settings.idle_grace_seconds
+    if 0 < idle < grace:
+        # An idle session is refused up to ``grace`` after its timeout: with a timeout shorter
+        # than that, the lateness would exceed the timeout itself.
+        raise ConfigError(
+            f"sessions.idle_timeout_seconds: must be 0 (off) or at least last_seen_flush_seconds + "
+            f"{IDLE_MARGIN_SECONDS:g} = {grace:g} s, how late an idle refusal can be (got {idle:g}); "
+            "lower last_seen_flush_seconds for a shorter timeout"
+        )
+    if 0 < settings.max_lifetime_seconds < 1:
+        raise ConfigError("sessions.max_lifetime_seconds: must be 0 (off) or at least 1")
+    return _finish(s, settings)
 
 
 def _storage(s: _Section) -> StorageSettings:

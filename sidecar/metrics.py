@@ -135,6 +135,13 @@ class Metrics:
             ["api", "kind"],
             registry=self.registry,
         )
+        self.sessions_revoked = Counter(
+            "sidecar_sessions_revoked",
+            "Sessions revoked by this process, by reason (user, others, admin, admin_user, idle, "
+            "lifetime, limit, oauth2, logout).",
+            ["reason"],
+            registry=self.registry,
+        )
         self.sessions_active = Gauge(
             "sidecar_sessions_active",
             "Active (unrevoked, unexpired) sessions in the store, counted every SESSIONS_COUNT_SECONDS.",

@@ -182,6 +182,23 @@ def test_check_config_says_what_the_token_shape_costs(tmp_path: Path) -> None:
     assert "tokens also from the 'access_token' cookie" in out
     assert "allowed origins: https://app.example.com" in out
     assert "login    /auth/login -> http://127.0.0.1:8001 (access body:access_token, refresh cookie:refresh_token)" in out
+    assert "policies    none" in out
+
+
+def test_check_config_prints_the_session_policies(tmp_path: Path) -> None:
+    """check-config prints each session policy with its bound."""
+    cfg = tmp_path / "policies.toml"
+    cfg.write_text(
+        f'[jwt]\nalgorithms = ["HS256"]\nsecret = "{SECRET}"\n'
+        "[sessions]\nidle_timeout_seconds = 900\nmax_lifetime_seconds = 86400\nmax_sessions_per_user = 3\n"
+        'on_session_limit = "revoke_oldest"\n'
+    )
+    result = sidecar("check-config", "--config", str(cfg))
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "  policies    idle timeout 900 s: refused 900-906 s after the last allowed check on any process" in out
+    assert "lifetime 86400 s from login, however fresh the token" in out
+    assert "at most 3 active session(s) per user; beyond: revoke_oldest" in out
 
 def test_check_config_warns_when_no_proxy_is_trusted(tmp_path: Path) -> None:
     """check-config warns that the API rate limit is one shared bucket when server.trusted_proxies is empty."""

@@ -264,3 +264,47 @@ def test_toml_that_tomllib_cannot_hold_is_a_config_error(tmp_path: Path, text: s
     path.write_text(text)
     with pytest.raises(ConfigError, match="not valid TOML"):
         load(path, environ={})
+
+
+# ---------------------------------------------------------------- session policies
+
+
+def test_session_policies_are_off_by_default() -> None:
+    """Without the keys, no policy is on (0 = off) and the limit would refuse new sessions."""
+    s = Settings().sessions
+    assert (s.idle_timeout_seconds, s.max_lifetime_seconds, s.max_sessions_per_user) == (0, 0, 0)
+    assert s.on_session_limit == "refuse_new" and not s.policies_on
+
+
+def test_session_policies_load(tmp_path: Path) -> None:
+    """The policy keys load, and the idle grace is the flush interval plus one second."""
+    s = build(tmp_path, {"sessions": {
+        "idle_timeout_seconds": 900, "max_lifetime_seconds": 86400, "max_sessions_per_user": 5,
+        "on_session_limit": "revoke_least_recent", "last_seen_flush_seconds": 2,
+    }}).sessions
+    assert (s.idle_timeout_seconds, s.max_lifetime_seconds, s.max_sessions_per_user) == (900, 86400, 5)
+    assert s.on_session_limit == "revoke_least_recent" and s.policies_on
+    assert s.idle_grace_seconds == 3
+
+
+@pytest.mark.parametrize(
+    ("sessions", "message"),
+    [
+        ({"idle_timeout_seconds": 5}, "sessions.idle_timeout_seconds: must be 0 (off) or at least "
+         "last_seen_flush_seconds + 1 = 6 s, how late an idle refusal can be (got 5)"),
+        ({"idle_timeout_seconds": 2, "last_seen_flush_seconds": 1.5}, "at least last_seen_flush_seconds + 1 = 2.5 s"),
+        ({"idle_timeout_seconds": -1}, "sessions.idle_timeout_seconds: must be between 0 and"),
+        ({"max_lifetime_seconds": 0.5}, "sessions.max_lifetime_seconds: must be 0 (off) or at least 1"),
+        ({"max_sessions_per_user": -1}, "sessions.max_sessions_per_user: must be between 0 and 100000"),
+        ({"max_sessions_per_user": 1.5}, "sessions.max_sessions_per_user: must be an integer, got a number"),
+        ({"on_session_limit": "revoke_newest"}, "sessions.on_session_limit: must be 'refuse_new' or 'revoke_oldest'"),
+    ],
+)
+def test_session_policies_refused(tmp_path: Path, sessions: dict[str, Any], message: str) -> None:
+    """A policy key out of range, or an idle timeout shorter than its lateness bound, stops start-up."""
+    assert message in error_of(tmp_path, {"sessions": sessions})
+
+
+def test_idle_timeout_at_the_bound_is_accepted(tmp_path: Path) -> None:
+    """An idle timeout equal to last_seen_flush_seconds + 1 is accepted."""
+    assert build(tmp_path, {"sessions": {"idle_timeout_seconds": 6}}).sessions.idle_timeout_seconds == 6

@@ -14,7 +14,7 @@ import signal as sig
 import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import AbstractContextManager, ExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,15 +37,24 @@ from tests.support.tokens import ADMIN_KEY, bearer, mint
 
 
 def sidecar(
-    workdir: Path, name: str, store: Path | str, *, redis_port: int | None = None, workers: int = 1, catchup: float = 0.5
+    workdir: Path,
+    name: str,
+    store: Path | str,
+    *,
+    redis_port: int | None = None,
+    workers: int = 1,
+    catchup: float = 0.5,
+    sessions: Mapping[str, Any] | None = None,
 ) -> AbstractContextManager[SidecarProcess]:
-    """``sidecar serve`` on ``store`` (a SQLite file or a PostgreSQL URL), with Redis when ``redis_port``."""
+    """``sidecar serve`` on ``store`` (a SQLite file or a PostgreSQL URL), with Redis when
+    ``redis_port``; ``sessions`` adds [sessions] keys (session policies)."""
     sections: dict[str, Any] = {
         "server": {"workers": workers, "shutdown_timeout_seconds": 2},
         "sessions": {
             "catchup_interval_seconds": catchup,
             "max_staleness_seconds": catchup * 6,
             "last_seen_flush_seconds": 0.5,
+            **(sessions or {}),
         },
     }
     if redis_port:

@@ -5,7 +5,23 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Final, Protocol
+
+from sidecar.config import OnSessionLimit
+
+# Why a session was revoked (``Session.revoked_reason``): what the admin listing shows,
+# the metrics count and the audit line carries. Free text in the store, so later
+# features add their own.
+USER: Final = "user"  # the user logged that session out (DELETE /api/v1/sessions/{id})
+OTHERS: Final = "others"  # the user logged out every other session (DELETE /api/v1/sessions/)
+ADMIN: Final = "admin"  # the admin API revoked it (DELETE /admin/v1/sessions/{id})
+ADMIN_USER: Final = "admin_user"  # the admin API revoked the user (DELETE /admin/v1/users/{id}/sessions)
+IDLE: Final = "idle"  # no allowed check for sessions.idle_timeout_seconds
+LIFETIME: Final = "lifetime"  # login older than sessions.max_lifetime_seconds
+LIMIT: Final = "limit"  # pushed out by a newer session past sessions.max_sessions_per_user
+OAUTH2: Final = "oauth2"  # RFC 7009 POST /oauth2/revoke
+LOGOUT: Final = "logout"  # the auth service's logout, through a capture route
+POLICY_ACTOR: Final = "policy"  # who revokes for idle and lifetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +38,8 @@ class Session:
     ip_address: str | None
     device: str
     location: str
+    revoked_reason: str | None = None  # USER, OTHERS, ADMIN, ... (None: not revoked)
+    revoked_by: str | None = None  # who or what: "user:alice", "admin:sha256:..", "policy", "session:<id>"
 
     def is_active(self, now: float) -> bool:
         return self.revoked_at is None and self.expires_at > now
@@ -98,6 +116,32 @@ class Cutoff:
         # passes. Otherwise the new token an auth service issues right after "revoke user"
         # (a password change) would be refused for its whole life.
         return issued_at < math.floor(self.cutoff_at)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionLimit:
+    """``sessions.max_sessions_per_user`` as a registration applies it (``SessionStore.admit``).
+
+    ``seen_before`` / ``created_before``: a session last seen before the first, or logged in
+    before the second, is past its idle timeout or lifetime: it is revoked for that reason
+    (not counted) in the same transaction. None: that policy is off.
+    """
+
+    max_sessions: int
+    on_limit: OnSessionLimit
+    now: float
+    seen_before: float | None = None
+    created_before: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """What ``SessionStore.admit`` did: the row that now holds the key (None: refused by the
+    limit, nothing inserted), whether this call created it, and the sessions it revoked."""
+
+    session: Session | None
+    created: bool
+    revoked: tuple[Session, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

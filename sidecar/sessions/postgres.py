@@ -32,8 +32,21 @@ from urllib.parse import unquote, urlsplit
 import asyncpg
 
 from sidecar.errors import StoreUnavailableError
-from sidecar.sessions.models import Changes, Cutoff, ListPosition, Session, Touch
-from sidecar.sessions.sql import ALIASED, COLUMNS, migrate, session_of
+from sidecar.sessions.models import (
+    IDLE,
+    LIFETIME,
+    OTHERS,
+    POLICY_ACTOR,
+    USER,
+    Admission,
+    Changes,
+    Cutoff,
+    ListPosition,
+    Session,
+    SessionLimit,
+    Touch,
+)
+from sidecar.sessions.sql import ALIASED, COLUMNS, migrate, plan_admission, session_of
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +100,10 @@ _OPEN_ERRORS: Final[tuple[type[BaseException], ...]] = (*_DRIVER_ERRORS, ValueEr
 # Key of the advisory lock that serialises migrations between processes (any constant
 # distinct from other applications' keys in the same database; "sidecar" in ASCII).
 MIGRATION_LOCK_KEY: Final = 0x73_69_64_65_63_61_72
+# First half of the two-key advisory lock that holds one user while a registration counts
+# their sessions (``admit``); the second half is hashtext(user_id). Two-key locks never
+# conflict with the one-key migration lock. "si" in ASCII.
+USER_LOCK_CLASS: Final = 0x73_69
 
 # Versioned migrations, applied in order inside one transaction each. Never edit a released
 # step; append a new one. The version numbers match sqlite.py's: version N is the same
@@ -151,10 +168,34 @@ MIGRATIONS: Final[tuple[tuple[int, tuple[str, ...]], ...]] = (
             "CREATE INDEX session_aliases_by_session ON session_aliases (session_id)",
         ),
     ),
+    (
+        4,
+        (
+            "ALTER TABLE sessions ADD COLUMN revoked_reason TEXT",
+            "ALTER TABLE sessions ADD COLUMN revoked_by TEXT",
+            "CREATE INDEX sessions_unrevoked_by_last_seen ON sessions (last_seen) WHERE revoked_at IS NULL",
+            "CREATE INDEX sessions_unrevoked_by_created ON sessions (created_at) WHERE revoked_at IS NULL",
+        ),
+    ),
 )
 SCHEMA_VERSION: Final = MIGRATIONS[-1][0]
 
 _INSERT_ATTEMPTS: Final = 3
+_INSERT: Final = (
+    f"INSERT INTO sessions ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) "  # noqa: S608
+    f"ON CONFLICT (session_key) DO NOTHING RETURNING {COLUMNS}"
+)
+
+
+def _values(s: Session) -> tuple[Any, ...]:
+    return (
+        s.id, s.session_key, s.user_id, s.created_at, s.last_seen, s.expires_at, s.revoked_at,
+        s.ip_address, s.device, s.location, s.revoked_reason, s.revoked_by,
+    )
+
+
+class _HeldByAnotherUserError(Exception):
+    """Raised inside ``admit`` to roll back: another user's session took the key meanwhile."""
 
 
 
@@ -367,11 +408,7 @@ class PostgresStore:
                 # One autocommitted statement: durable when it returns. A concurrent insert
                 # of the same key waits on the unique index and then does nothing.
                 row = await db.fetchrow(
-                    f"INSERT INTO sessions ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) "  # noqa: S608
-                    f"ON CONFLICT (session_key) DO NOTHING RETURNING {COLUMNS}",
-                    session.id, session.session_key, session.user_id, session.created_at,
-                    session.last_seen, session.expires_at, session.revoked_at,
-                    session.ip_address, session.device, session.location,
+                    _INSERT, *_values(session),
                 )
                 if row is not None:
                     return session_of(row), True
@@ -382,23 +419,79 @@ class PostgresStore:
                 # The holder of the key was purged in between: try the insert again.
         raise StoreUnavailableError("session key kept changing during insert")
 
+    async def admit(self, session: Session, limit: SessionLimit) -> Admission:
+        try:
+            async with self._transaction("admit") as db:
+                # Holds this user (every process on the database) until COMMIT, so counting
+                # and inserting are one step: racing registrations never pass the limit. Lock
+                # order: the user, then session rows, then the revision counter.
+                await db.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", USER_LOCK_CLASS, session.user_id)
+                held = await db.fetchrow(
+                    f"(SELECT {ALIASED} FROM session_aliases a JOIN sessions s ON s.id = a.session_id "  # noqa: S608
+                    f"WHERE a.alias_key = $1) UNION ALL (SELECT {COLUMNS} FROM sessions WHERE session_key = $1) "
+                    "LIMIT 1",
+                    session.session_key,
+                )
+                if held is not None:
+                    return Admission(session_of(held), False)
+                rows = [
+                    session_of(r)
+                    for r in await db.fetch(
+                        f"SELECT {COLUMNS} FROM sessions "  # noqa: S608
+                        "WHERE user_id = $1 AND revoked_at IS NULL AND expires_at > $2 ORDER BY id FOR UPDATE",
+                        session.user_id, limit.now,
+                    )
+                ]
+                stale, evict, refused = plan_admission(rows, limit, session.id)
+                revoked = stale if refused else stale + evict
+                if revoked:
+                    revision = await self._next_revision(db)
+                    await db.executemany(
+                        "UPDATE sessions SET revoked_at = $1, revoked_reason = $2, revoked_by = $3, revision = $4 "
+                        "WHERE id = $5",
+                        [(limit.now, s.revoked_reason, s.revoked_by, revision, s.id) for s in revoked],
+                    )
+                if refused:
+                    return Admission(None, False, tuple(revoked))
+                row = await db.fetchrow(_INSERT, *_values(session))
+                if row is None:
+                    # Another user's token took this key since the read above (that user's lock,
+                    # not ours): undo what this call revoked and answer with the holder.
+                    raise _HeldByAnotherUserError
+                return Admission(session_of(row), True, tuple(revoked))
+        except _HeldByAnotherUserError:
+            existing = await self.get_by_key(session.session_key)
+            if existing is None:
+                raise StoreUnavailableError("session key kept changing during admit") from None
+            return Admission(existing, False)
+
     async def list_active(
-        self, user_id: str, now: float, *, limit: int | None = None, before: ListPosition | None = None
+        self,
+        user_id: str,
+        now: float,
+        *,
+        limit: int | None = None,
+        before: ListPosition | None = None,
+        include_revoked: bool = False,
     ) -> list[Session]:
+        # With tombstones: every stored session of the user but the expired, unrevoked ones.
+        state = "(revoked_at IS NOT NULL OR expires_at > $2)"
+        if not include_revoked:
+            state = "revoked_at IS NULL AND expires_at > $2"
         # Keyset page, as in sqlite.py; LIMIT NULL is no limit. Two statements rather than
         # "$3 IS NULL OR ...", so that a generic plan still bounds the range scan on
         # sessions_by_user (user_id, created_at) with "created_at <= $3".
         if before is None:
             rows = await self._fetch(
                 f"SELECT {COLUMNS} FROM sessions "  # noqa: S608
-                "WHERE user_id = $1 AND revoked_at IS NULL AND expires_at > $2 "
+                f"WHERE user_id = $1 AND {state} "
                 "ORDER BY created_at DESC, id LIMIT $3",
                 user_id, now, limit,
             )
         else:
             rows = await self._fetch(
                 f"SELECT {COLUMNS} FROM sessions "  # noqa: S608
-                "WHERE user_id = $1 AND revoked_at IS NULL AND expires_at > $2 "
+                f"WHERE user_id = $1 AND {state} "
                 "AND created_at <= $3 AND (created_at < $3 OR id > $4) "
                 "ORDER BY created_at DESC, id LIMIT $5",
                 user_id, now, before.created_at, before.id, limit,
@@ -412,23 +505,70 @@ class PostgresStore:
     # Lock order, the same in every writing transaction so none waits on another in a
     # cycle: session rows (ascending id), then the revision counter, then a cut-off row.
 
-    async def revoke(self, session_id: str, now: float) -> Session | None:
+    async def revoke(
+        self,
+        session_id: str,
+        now: float,
+        *,
+        reason: str = USER,
+        actor: str | None = None,
+        seen_before: float | None = None,
+    ) -> Session | None:
         async with self._transaction("revoke") as db:
             # FOR UPDATE: a concurrent revoke of this row waits here, then reads it revoked
-            # and takes no revision (only a revoke that changed the row takes one).
+            # and takes no revision (only a revoke that changed the row takes one). A flush
+            # (touch) of the row waits too, so ``seen_before`` reads the last word on activity.
             row = await db.fetchrow(f"SELECT {COLUMNS} FROM sessions WHERE id = $1 FOR UPDATE", session_id)  # noqa: S608
             if row is None:
                 return None
             current = session_of(row)
-            if current.revoked_at is not None:
+            if current.revoked_at is not None or (seen_before is not None and current.last_seen >= seen_before):
                 return current
             await db.execute(
-                "UPDATE sessions SET revoked_at = $2, revision = $3 WHERE id = $1",
-                session_id, now, await self._next_revision(db),
+                "UPDATE sessions SET revoked_at = $2, revoked_reason = $3, revoked_by = $4, revision = $5 "
+                "WHERE id = $1",
+                session_id, now, reason, actor, await self._next_revision(db),
             )
-        return replace(current, revoked_at=now)
+        return replace(current, revoked_at=now, revoked_reason=reason, revoked_by=actor)
 
-    async def revoke_user(self, user_id: str, now: float, keep_session_key: str | None) -> list[Session]:
+    async def revoke_stale(
+        self, now: float, *, seen_before: float | None, created_before: float | None, limit: int
+    ) -> list[Session]:
+        if seen_before is None and created_before is None:
+            return []
+        async with self._transaction("revoke_stale") as db:
+            found: dict[str, Session] = {}
+            # Lifetime first (the sharper rule). SKIP LOCKED: a row a revoke or flush holds
+            # is left for the next sweep rather than waited for (and a flush may keep it alive).
+            for reason, column, bound in ((LIFETIME, "created_at", created_before), (IDLE, "last_seen", seen_before)):
+                if bound is None or len(found) >= limit:
+                    continue
+                for r in await db.fetch(
+                    f"SELECT {COLUMNS} FROM sessions WHERE revoked_at IS NULL AND {column} < $1 "  # noqa: S608
+                    "AND expires_at > $2 ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED",
+                    bound, now, limit - len(found),
+                ):
+                    s = session_of(r)
+                    found.setdefault(s.id, replace(s, revoked_at=now, revoked_reason=reason, revoked_by=POLICY_ACTOR))
+            if not found:
+                return []
+            revision = await self._next_revision(db)
+            await db.executemany(
+                "UPDATE sessions SET revoked_at = $1, revoked_reason = $2, revoked_by = $3, revision = $4 "
+                "WHERE id = $5",
+                [(now, s.revoked_reason, s.revoked_by, revision, s.id) for s in found.values()],
+            )
+        return list(found.values())
+
+    async def revoke_user(
+        self,
+        user_id: str,
+        now: float,
+        keep_session_key: str | None,
+        *,
+        reason: str = OTHERS,
+        actor: str | None = None,
+    ) -> list[Session]:
         async with self._transaction("revoke_user") as db:
             rows = [
                 session_of(r)
@@ -445,8 +585,9 @@ class PostgresStore:
             # must list exactly the rows this call revoked.
             if rows:
                 await db.execute(
-                    "UPDATE sessions SET revoked_at = $1, revision = $2 WHERE id = ANY($3::text[])",
-                    now, revision, [s.id for s in rows],
+                    "UPDATE sessions SET revoked_at = $1, revision = $2, revoked_reason = $4, revoked_by = $5 "
+                    "WHERE id = ANY($3::text[])",
+                    now, revision, [s.id for s in rows], reason, actor,
                 )
             # A later cut-off always wins; an earlier one is never restored.
             await db.execute(
@@ -457,7 +598,7 @@ class PostgresStore:
                 "WHERE excluded.cutoff_at >= user_cutoffs.cutoff_at",
                 user_id, now, keep_session_key, revision,
             )
-        return [replace(s, revoked_at=now) for s in rows]
+        return [replace(s, revoked_at=now, revoked_reason=reason, revoked_by=actor) for s in rows]
 
     async def current_revision(self) -> int:
         async with self._acquire("read") as conn:

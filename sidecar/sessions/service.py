@@ -24,17 +24,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Final
 
 from sidecar.clock import Clock
-from sidecar.config import Registration
+from sidecar.config import OnSessionLimit, Registration
 from sidecar.enrich.client_ip import ClientInfo, IPAddress
 from sidecar.errors import SessionRejectedError, StoreUnavailableError
 from sidecar.lru import LRU
-from sidecar.sessions.models import Cutoff, ListPosition, RevokedRef, Session, Touch
+from sidecar.sessions.models import (
+    IDLE,
+    LIFETIME,
+    OTHERS,
+    POLICY_ACTOR,
+    USER,
+    Cutoff,
+    ListPosition,
+    RevokedRef,
+    Session,
+    SessionLimit,
+    Touch,
+)
 from sidecar.sessions.store import SessionStore
 from sidecar.tokens.claims import Claims
 
@@ -44,6 +57,11 @@ _LOAD_ATTEMPTS: Final = 5
 
 # Called after a revocation committed and memory refuses it: (revoked sessions, cut-off).
 RevokedHook = Callable[[Sequence[Session], Cutoff | None], None]
+# Called for every revocation this process committed: (reason, actor, the sessions it revoked).
+RecordedHook = Callable[[str, str | None, Sequence[Session]], None]
+# The refusal a full session table gives a new session under on_session_limit = "refuse_new".
+SESSION_LIMIT: Final = "session_limit"
+_SWEEP_BATCH: Final = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +78,9 @@ class _State:
     user_id: str
     revoked: bool
     expires_at: float
+    # What the session policies read (``_policy_refusal``); a revoked state needs neither.
+    created_at: float = 0.0  # the login
+    last_seen: float = 0.0  # the latest allowed check this process knows of (its own, or the store's)
 
 
 @dataclass(slots=True)
@@ -100,6 +121,11 @@ class SessionService:
         catchup_interval: float = 1.0,
         max_staleness: float = 10.0,
         on_revoked: RevokedHook | None = None,
+        idle_timeout: float = 0.0,
+        idle_grace: float = 1.0,
+        max_lifetime: float = 0.0,
+        max_sessions: int = 0,
+        on_session_limit: OnSessionLimit = "refuse_new",
     ) -> None:
         self.store = store
         self._clock = clock
@@ -124,6 +150,15 @@ class SessionService:
         self._told_ageless = False  # the "cannot tell a token's age" warning, once per process
         # Keys of tokens bound to a session (capture routes) -> the session's own key.
         self._aliases: LRU[str, str] = LRU(state_cache_size)
+        # Session policies (0 = off, held as infinity: the comparisons on the check then never
+        # fire, and no branch asks whether a policy is on).
+        self._idle = idle_timeout or math.inf
+        self._idle_grace = idle_grace
+        self._lifetime = max_lifetime or math.inf
+        self._max_sessions = max_sessions
+        self._on_session_limit: OnSessionLimit = on_session_limit
+        # Set by the metrics and audit layer: every revocation this process commits.
+        self.on_recorded: RecordedHook | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -133,7 +168,7 @@ class SessionService:
         self._confirmed_at = self._clock.monotonic()
         loop = asyncio.get_running_loop()
         self._tasks = [
-            loop.create_task(self._every(self._flush_interval, self.flush)),
+            loop.create_task(self._every(self._flush_interval, self._flush_and_sweep)),
             loop.create_task(self._every(self._catchup_interval, self._catch_up_quietly)),
         ]
 
@@ -224,6 +259,61 @@ class SessionService:
             except Exception:  # the revocation is committed; telling others is best effort
                 log.exception("sessions: revocation hook failed")
 
+    async def _flush_and_sweep(self) -> None:
+        await self.flush()
+        await self.sweep()
+
+    async def sweep(self) -> None:
+        """Revoke in the store the sessions past their lifetime or idle bound that no check
+        settled (nobody presented a token of them since): listings, the session limit and
+        every process then see them revoked. Runs right after this process's flush, and the
+        idle bound is ``idle_grace`` past the timeout, so no process's unwritten activity is
+        overlooked (README: Session policies)."""
+        if self._idle == math.inf and self._lifetime == math.inf:
+            return
+        now = self._clock.wall()
+        try:
+            rows = await self.store.revoke_stale(
+                now, seen_before=self._idle_bound(now), created_before=self._lifetime_bound(now), limit=_SWEEP_BATCH
+            )
+        except StoreUnavailableError as e:
+            log.warning("sessions: idle/lifetime sweep failed: %s", e)
+            return
+        if rows:
+            log.info("sessions: revoked %d session(s) past their idle timeout or lifetime", len(rows))
+            self._apply_own(rows)
+
+    def _idle_bound(self, now: float) -> float | None:
+        """Sessions the store shows last seen before this are idle for certain (None: off)."""
+        return None if self._idle == math.inf else now - self._idle - self._idle_grace
+
+    def _lifetime_bound(self, now: float) -> float | None:
+        """Sessions logged in before this are past their lifetime (None: off)."""
+        return None if self._lifetime == math.inf else now - self._lifetime
+
+    def _apply_own(self, rows: Sequence[Session]) -> None:
+        """Memory, other processes and the counters learn of revocations this process committed
+        for a policy (sweep, limit): an entry already in memory becomes its tombstone; anything
+        else is read from the store on its next use, and the generation makes reads in flight
+        start over."""
+        for row in rows:
+            if row.session_key in self._states:
+                self._remember(row.session_key, self._state_of(row), overwrite=True)
+        self._generation += 1
+        by_reason: dict[tuple[str, str | None], list[Session]] = {}
+        for row in rows:
+            by_reason.setdefault((row.revoked_reason or "unknown", row.revoked_by), []).append(row)
+        for (reason, actor), group in by_reason.items():
+            self._recorded(reason, actor, group)
+        self._revoked(rows, None)
+
+    def _recorded(self, reason: str, actor: str | None, sessions: Sequence[Session]) -> None:
+        if self.on_recorded is not None and sessions:
+            try:
+                self.on_recorded(reason, actor, sessions)
+            except Exception:  # committed already; counting and auditing must not undo an answer
+                log.exception("sessions: revocation record hook failed")
+
     async def flush(self) -> None:
         """Write batched last_seen/expiry updates; on failure keep them for the next try."""
         if not self._pending:
@@ -254,7 +344,7 @@ class SessionService:
 
     @staticmethod
     def _state_of(s: Session) -> _State:
-        return _State(s.id, s.user_id, s.revoked_at is not None, s.expires_at)
+        return _State(s.id, s.user_id, s.revoked_at is not None, s.expires_at, s.created_at, s.last_seen)
 
     async def _load(
         self, claims: Claims, need_state: bool, need_cutoff: bool, *, overwrite: bool = False
@@ -279,7 +369,11 @@ class SessionService:
             state: _State | None = self._states.get(key)
             if need_state:
                 if row is not None:
-                    state = self._remember(key, self._state_of(row), overwrite=overwrite)
+                    loaded = self._state_of(row)
+                    if state is not None and state.id == loaded.id:
+                        # The store's last_seen lags this process's own (batched) activity.
+                        loaded.last_seen = max(loaded.last_seen, state.last_seen)
+                    state = self._remember(key, loaded, overwrite=overwrite)
                 elif overwrite:
                     self._states.pop(key, None)
                     state = None
@@ -342,9 +436,91 @@ class SessionService:
             raise SessionRejectedError("revoked")
         if entry is not None and self._cut_off(entry, key, claims):
             raise SessionRejectedError("cut_off")
+        if self._policy_refusal(state, now) is not None:
+            return None  # idle or too old by memory: ``check`` settles it with the store
         state.expires_at = max(state.expires_at, claims.expires_at)
+        state.last_seen = now
         self._note(state.id, now, state.expires_at)
         return state.id
+
+    def _policy_refusal(self, state: _State, now: float) -> str | None:
+        """Why a session policy keeps this known, unrevoked session from being allowed from
+        memory, else None: ``lifetime`` (its login is too old: refused), ``idle`` (this process
+        knows of no allowed check within the idle timeout; only the store can tell whether
+        another process saw it, ``_settle_idle``). ``check`` settles either with the store.
+
+        Synchronous and two comparisons, so any path that decides a known session from memory
+        can call it; with the policies off both bounds are infinite and it returns None.
+        """
+        if now - state.created_at > self._lifetime:
+            return LIFETIME
+        if now - state.last_seen > self._idle:
+            return IDLE
+        return None
+
+    async def _settle_policy(self, state: _State, refusal: str, now: float) -> None:
+        """Settle a ``_policy_refusal`` with the store: raise ``SessionRejectedError``, or
+        return when the session may pass (another process saw it within the idle timeout)."""
+        if refusal == LIFETIME:
+            row = await self._revoke_for_policy(state.id, LIFETIME, now)
+            raise SessionRejectedError(LIFETIME if row is None or row.revoked_reason == LIFETIME else "revoked")
+        await self._settle_idle(state, now)
+
+    async def _settle_idle(self, state: _State, now: float) -> None:
+        """The idle decision, on what the store knows (SECURITY_CASES E43).
+
+        Every process writes its activity within ``idle_grace`` (its flush interval, and a
+        margin), so a store that shows no activity for ``idle + idle_grace`` proves no process
+        allowed a check within the timeout: revoke (conditionally: a flush that lands first
+        keeps the session). Activity within the timeout: pass. In between, another process's
+        unwritten check may hide: pass, and write this check through at once, so that no
+        process can go on deciding "idle" from what the store showed before it.
+        """
+        for _ in range(_LOAD_ATTEMPTS):
+            row = await self.store.get(state.id)
+            if row is None or row.revoked_at is not None:
+                self._settled_revoked(row)
+                raise SessionRejectedError(IDLE if row is None else "revoked")
+            state.last_seen = max(state.last_seen, row.last_seen)
+            quiet = now - state.last_seen
+            if quiet <= self._idle:
+                return
+            if quiet <= self._idle + self._idle_grace:
+                await self.store.touch([Touch(state.id, now, max(state.expires_at, row.expires_at))])
+                after = await self.store.get(state.id)
+                if after is None or after.revoked_at is not None:
+                    self._settled_revoked(after)
+                    raise SessionRejectedError("revoked")
+                state.last_seen = now
+                return
+            bound = now - self._idle - self._idle_grace
+            revoked = await self._revoke_for_policy(state.id, IDLE, now, seen_before=bound)
+            if revoked is None or revoked.revoked_at is not None:
+                raise SessionRejectedError(IDLE)
+            # A flush raised last_seen between the read and the revoke: read again.
+        raise StoreUnavailableError("session activity kept changing during the idle decision")
+
+    def _settled_revoked(self, row: Session | None) -> None:
+        """Memory learns what the store says of a session it thought active: revoked, or gone."""
+        if row is not None:
+            self._remember(row.session_key, self._state_of(row), overwrite=True)
+            self._generation += 1
+
+    async def _revoke_for_policy(
+        self, session_id: str, reason: str, now: float, *, seen_before: float | None = None, actor: str = POLICY_ACTOR
+    ) -> Session | None:
+        """Revoke one session for a policy: commit, then memory, then tell others and count it.
+        Returns the row as it now is (unrevoked when ``seen_before`` spared it), None if gone."""
+        row = await self.store.revoke(session_id, now, reason=reason, actor=actor, seen_before=seen_before)
+        if row is None or row.revoked_at is None:
+            return row
+        self._remember(row.session_key, self._state_of(row), overwrite=True)
+        self._generation += 1
+        if row.revoked_at == now and row.revoked_reason == reason:  # this call revoked it
+            log.info("sessions: revoked %s of user %s (%s)", row.id, row.user_id, reason)
+            self._recorded(reason, actor, [row])
+        self._revoked([row], None)
+        return row
 
     async def check(self, claims: Claims, client: Callable[[], ClientInfo]) -> str:
         """Return the session id when the token's session is active, else raise.
@@ -404,6 +580,10 @@ class SessionService:
                 raise SessionRejectedError("cut_off")
             return session.id
 
+        refusal = self._policy_refusal(state, now)
+        if refusal is not None:
+            await self._settle_policy(state, refusal, now)
+        state.last_seen = now
         state.expires_at = max(state.expires_at, claims.expires_at)
         self._note(state.id, now, state.expires_at)
         return state.id
@@ -426,13 +606,34 @@ class SessionService:
         )
         for _ in range(_LOAD_ATTEMPTS):
             generation = self._generation
-            row, created = await self.store.insert(candidate)
-            if generation == self._generation:
+            if self._max_sessions:
+                admission = await self.store.admit(candidate, self._limit(now))
+                raced = generation != self._generation
+                if admission.revoked:  # committed: memory, others and the counters learn of them
+                    self._apply_own(admission.revoked)
+                if admission.session is None:
+                    log.info("sessions: new session of user %s refused: %d active (max_sessions_per_user)",
+                             claims.user_id, self._max_sessions)
+                    raise SessionRejectedError(SESSION_LIMIT)
+                row, created = admission.session, admission.created
+            else:
+                row, created = await self.store.insert(candidate)
+                raced = generation != self._generation
+            if not raced:
                 if created:
                     log.info("sessions: registered %s for user %s", row.id, row.user_id)
                 self._remember(claims.session_key, self._state_of(row), overwrite=False)
                 return row, created
         raise StoreUnavailableError("session state kept changing during registration")
+
+    def _limit(self, now: float) -> SessionLimit:
+        return SessionLimit(
+            self._max_sessions,
+            self._on_session_limit,
+            now,
+            seen_before=self._idle_bound(now),
+            created_before=self._lifetime_bound(now),
+        )
 
     async def register(self, claims: Claims, client: ClientInfo) -> tuple[Session, bool]:
         """Register a token's session on behalf of the auth service (admin API).
@@ -448,6 +649,10 @@ class SessionService:
             raise SessionRejectedError("session_user_mismatch")
         if session.revoked_at is not None:
             raise SessionRejectedError("revoked")
+        now = self._clock.wall()
+        if now - session.created_at > self._lifetime:
+            await self._revoke_for_policy(session.id, LIFETIME, now)
+            raise SessionRejectedError(LIFETIME)
         return session, created
 
     # ------------------------------------------------------------------ tokens seen at issue
@@ -482,18 +687,46 @@ class SessionService:
             return s
         return replace(s, last_seen=max(s.last_seen, a.last_seen), expires_at=max(s.expires_at, a.expires_at))
 
+    def _ended_by_policy(self, s: Session, now: float) -> bool:
+        """Whether an unrevoked session is past its lifetime, or idle for certain (not yet
+        revoked for it: the sweep or its next check will): listings leave it out."""
+        return now - s.created_at > self._lifetime or now - s.last_seen > self._idle + self._idle_grace
+
+    def deadlines(self, s: Session) -> tuple[float | None, float | None]:
+        """(idle_expires_at, lifetime_expires_at) of a session: when it is refused for
+        idleness unless seen before (up to ``idle_grace`` later), and when its lifetime
+        ends; None for a policy that is off."""
+        idle = s.last_seen + self._idle if self._idle != math.inf else None
+        lifetime = s.created_at + self._lifetime if self._lifetime != math.inf else None
+        return idle, lifetime
+
+    @property
+    def idle_grace(self) -> float:
+        return self._idle_grace
+
     async def list_active(self, user_id: str) -> list[Session]:
         """All of the user's active sessions (unbounded: the APIs use ``list_page``)."""
         now = self._clock.wall()
-        return [self._with_pending(s) for s in await self.store.list_active(user_id, now)]
+        found = (self._with_pending(s) for s in await self.store.list_active(user_id, now))
+        return [s for s in found if not self._ended_by_policy(s, now)]
 
-    async def list_page(self, user_id: str, *, limit: int, before: ListPosition | None = None) -> SessionPage:
-        """At most ``limit`` of the user's active sessions after ``before``, and where the
-        next page starts (None when this is the last)."""
-        rows = await self.store.list_active(user_id, self._clock.wall(), limit=limit + 1, before=before)
+    async def list_page(
+        self, user_id: str, *, limit: int, before: ListPosition | None = None, include_revoked: bool = False
+    ) -> SessionPage:
+        """At most ``limit`` of the user's active sessions after ``before`` (with
+        ``include_revoked``, its revoked ones still stored too), and where the next page
+        starts (None when this is the last). A session a policy ended but that is not yet
+        revoked is left out, so a page can hold fewer than ``limit``."""
+        now = self._clock.wall()
+        rows = await self.store.list_active(
+            user_id, now, limit=limit + 1, before=before, include_revoked=include_revoked
+        )
         page = rows[:limit]
         following = ListPosition.of(page[-1]) if len(rows) > limit else None
-        return SessionPage(tuple(self._with_pending(s) for s in page), following)
+        shown = (self._with_pending(s) for s in page)
+        return SessionPage(
+            tuple(s for s in shown if s.revoked_at is not None or not self._ended_by_policy(s, now)), following
+        )
 
     async def get_active(self, session_id: str, user_id: str | None) -> Session | None:
         """The session if it exists, is active, and (when given) belongs to ``user_id``."""
@@ -501,32 +734,42 @@ class SessionService:
         if s is None or (user_id is not None and s.user_id != user_id):
             return None
         s = self._with_pending(s)
-        return s if s.is_active(self._clock.wall()) else None
+        now = self._clock.wall()
+        return s if s.is_active(now) and not self._ended_by_policy(s, now) else None
 
     # ------------------------------------------------------------------ revoking
 
-    async def revoke(self, session_id: str, user_id: str | None) -> Session | None:
-        """Revoke one session (of ``user_id`` when given). None: no such session for them.
+    async def revoke(
+        self, session_id: str, user_id: str | None, *, reason: str = USER, actor: str | None = None
+    ) -> Session | None:
+        """Revoke one session (of ``user_id`` when given), recording why and by whom. None:
+        no such session for them.
 
-        Idempotent: revoking a revoked or expired session of the user succeeds again.
-        Returns only after the store committed and this process refuses the session.
+        Idempotent: revoking a revoked or expired session of the user succeeds again (and
+        keeps the first reason). Returns only after the store committed and this process
+        refuses the session.
         """
         existing = await self.store.get(session_id)
         if existing is None or (user_id is not None and existing.user_id != user_id):
             return None
-        row = await self.store.revoke(session_id, self._clock.wall())
+        now = self._clock.wall()
+        row = await self.store.revoke(session_id, now, reason=reason, actor=actor)
         if row is None:  # deleted by cleanup in between: nothing left to refuse
             return existing
         self._remember(row.session_key, self._state_of(row), overwrite=True)
         self._generation += 1
+        if existing.revoked_at is None and row.revoked_at == now:
+            self._recorded(reason, actor, [row])
         self._revoked([row], None)
         return row
 
-    async def revoke_user(self, user_id: str, keep_session_key: str | None) -> list[Session]:
-        """Revoke every session of the user except ``keep_session_key`` and cut off
-        every older token. Returns the sessions it revoked."""
+    async def revoke_user(
+        self, user_id: str, keep_session_key: str | None, *, reason: str = OTHERS, actor: str | None = None
+    ) -> list[Session]:
+        """Revoke every session of the user except ``keep_session_key`` (recording why and by
+        whom) and cut off every older token. Returns the sessions it revoked."""
         now = self._clock.wall()
-        rows = await self.store.revoke_user(user_id, now, keep_session_key)
+        rows = await self.store.revoke_user(user_id, now, keep_session_key, reason=reason, actor=actor)
         for row in rows:
             self._remember(row.session_key, self._state_of(row), overwrite=True)
         cutoff = Cutoff(user_id, now, keep_session_key)
@@ -536,6 +779,7 @@ class SessionService:
         if _newer_cutoff(cutoff, self._cutoffs.get(user_id)):
             self._remember_cutoff(user_id, cutoff, overwrite=True)
         self._generation += 1
+        self._recorded(reason, actor, rows)
         self._revoked(rows, cutoff)
         return rows
 

@@ -8,16 +8,20 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from sidecar.errors import StoreUnavailableError
-from sidecar.sessions.models import Session
+from sidecar.sessions.models import IDLE, LIFETIME, LIMIT, POLICY_ACTOR, Session, SessionLimit
 
 # Versioned migrations: (version, statements), applied in order, one transaction each.
 # Never edit a released step; append a new one.
 Migrations = Sequence[tuple[int, Sequence[str]]]
 
-COLUMNS = "id, session_key, user_id, created_at, last_seen, expires_at, revoked_at, ip_address, device, location"
+COLUMNS = (
+    "id, session_key, user_id, created_at, last_seen, expires_at, revoked_at, ip_address, device, location, "
+    "revoked_reason, revoked_by"
+)
 # The same columns of the sessions table joined as "s" (a bound key's session).
 ALIASED = ", ".join(f"s.{c.strip()}" for c in COLUMNS.split(","))
 
@@ -53,3 +57,38 @@ async def migrate(
             await execute(statement)
         await execute(record_sql, version)
         log.info("%s: migrated to schema version %d", where, version)
+
+
+def plan_admission(
+    rows: Sequence[Session], limit: SessionLimit, newcomer_id: str
+) -> tuple[list[Session], list[Session], bool]:
+    """What admitting one more session of a user does, decided inside the backend's
+    transaction that holds the user (``SessionStore.admit``).
+
+    ``rows``: the user's unrevoked, unexpired sessions. Returns (sessions past their
+    lifetime or idle timeout, revoked for that and not counted; sessions the limit pushes
+    out; whether the newcomer is refused instead), each revoked one as it will be stored.
+    """
+    now = limit.now
+    stale: list[Session] = []
+    live: list[Session] = []
+    for s in rows:
+        if limit.created_before is not None and s.created_at < limit.created_before:
+            stale.append(replace(s, revoked_at=now, revoked_reason=LIFETIME, revoked_by=POLICY_ACTOR))
+        elif limit.seen_before is not None and s.last_seen < limit.seen_before:
+            stale.append(replace(s, revoked_at=now, revoked_reason=IDLE, revoked_by=POLICY_ACTOR))
+        else:
+            live.append(s)
+    excess = len(live) + 1 - limit.max_sessions
+    if excess <= 0:
+        return stale, [], False
+    if limit.on_limit == "refuse_new":
+        return stale, [], True
+    if limit.on_limit == "revoke_oldest":
+        order = sorted(live, key=lambda s: (s.created_at, s.id))
+    else:  # revoke_least_recent: by last seen as the store knows it (activity is batched)
+        order = sorted(live, key=lambda s: (s.last_seen, s.created_at, s.id))
+    evict = [
+        replace(s, revoked_at=now, revoked_reason=LIMIT, revoked_by=f"session:{newcomer_id}") for s in order[:excess]
+    ]
+    return stale, evict, False

@@ -14,14 +14,28 @@ import os
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 
 from sidecar.errors import StoreUnavailableError
-from sidecar.sessions.models import Changes, Cutoff, ListPosition, Session, Touch
-from sidecar.sessions.sql import ALIASED, COLUMNS, migrate, session_of
+from sidecar.sessions.models import (
+    IDLE,
+    LIFETIME,
+    OTHERS,
+    POLICY_ACTOR,
+    USER,
+    Admission,
+    Changes,
+    Cutoff,
+    ListPosition,
+    Session,
+    SessionLimit,
+    Touch,
+)
+from sidecar.sessions.sql import ALIASED, COLUMNS, migrate, plan_admission, session_of
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +97,17 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
             )
             """,
             "CREATE INDEX session_aliases_by_session ON session_aliases (session_id)",
+        ),
+    ),
+    (
+        4,
+        (
+            # Session policies: why and by whom a session was revoked, and what the idle and
+            # lifetime sweeps look for among unrevoked sessions (partial: tombstones are left out).
+            "ALTER TABLE sessions ADD COLUMN revoked_reason TEXT",
+            "ALTER TABLE sessions ADD COLUMN revoked_by TEXT",
+            "CREATE INDEX sessions_unrevoked_by_last_seen ON sessions (last_seen) WHERE revoked_at IS NULL",
+            "CREATE INDEX sessions_unrevoked_by_created ON sessions (created_at) WHERE revoked_at IS NULL",
         ),
     ),
 )
@@ -249,45 +274,93 @@ class SqliteStore:
                 [(k, session_id, session_id, k) for k in keys],
             )
 
-    async def insert(self, session: Session) -> tuple[Session, bool]:
-        async with self._transaction() as db:
-            # A key bound to a session (a token learned at issue) is that session's.
-            async with db.execute(
-                f"SELECT {ALIASED} FROM session_aliases a JOIN sessions s ON s.id = a.session_id "  # noqa: S608
-                "WHERE a.alias_key = ?",
-                (session.session_key,),
-            ) as sel:
-                bound = await sel.fetchone()
-            if bound is not None:
-                return session_of(bound), False
-            cur = await db.execute(
-                f"INSERT INTO sessions ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "  # noqa: S608
-                "ON CONFLICT (session_key) DO NOTHING",
-                (
-                    session.id, session.session_key, session.user_id, session.created_at,
-                    session.last_seen, session.expires_at, session.revoked_at,
-                    session.ip_address, session.device, session.location,
-                ),
-            )
-            created = cur.rowcount == 1
-            async with db.execute(
-                f"SELECT {COLUMNS} FROM sessions WHERE session_key = ?", (session.session_key,)  # noqa: S608
-            ) as sel:
-                row = await sel.fetchone()
+    @staticmethod
+    async def _held(db: aiosqlite.Connection, key: str) -> Session | None:
+        """The session that holds ``key``, as a bound key or as its own, in the transaction."""
+        async with db.execute(
+            f"SELECT {ALIASED} FROM session_aliases a JOIN sessions s ON s.id = a.session_id "  # noqa: S608
+            "WHERE a.alias_key = ? "
+            f"UNION ALL SELECT {COLUMNS} FROM sessions WHERE session_key = ? LIMIT 1",
+            (key, key),
+        ) as sel:
+            row = await sel.fetchone()
+        return session_of(row) if row is not None else None
+
+    @staticmethod
+    async def _insert_row(db: aiosqlite.Connection, session: Session) -> tuple[Session, bool]:
+        cur = await db.execute(
+            f"INSERT INTO sessions ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "  # noqa: S608
+            "ON CONFLICT (session_key) DO NOTHING",
+            (
+                session.id, session.session_key, session.user_id, session.created_at,
+                session.last_seen, session.expires_at, session.revoked_at,
+                session.ip_address, session.device, session.location,
+                session.revoked_reason, session.revoked_by,
+            ),
+        )
+        created = cur.rowcount == 1
+        async with db.execute(
+            f"SELECT {COLUMNS} FROM sessions WHERE session_key = ?", (session.session_key,)  # noqa: S608
+        ) as sel:
+            row = await sel.fetchone()
         if row is None:  # pragma: no cover - the row was just written in this transaction
             raise StoreUnavailableError("inserted session vanished")
         return session_of(row), created
 
+    async def insert(self, session: Session) -> tuple[Session, bool]:
+        async with self._transaction() as db:
+            # A key bound to a session (a token learned at issue) is that session's.
+            held = await self._held(db, session.session_key)
+            if held is not None:
+                return held, False
+            return await self._insert_row(db, session)
+
+    async def admit(self, session: Session, limit: SessionLimit) -> Admission:
+        # BEGIN IMMEDIATE holds the database's write lock, for every process on the file,
+        # until COMMIT: counting and inserting are one step, so racing registrations of one
+        # user (in this process or another) never admit more than the limit.
+        async with self._transaction() as db:
+            held = await self._held(db, session.session_key)
+            if held is not None:
+                return Admission(held, False)
+            async with db.execute(
+                f"SELECT {COLUMNS} FROM sessions "  # noqa: S608
+                "WHERE user_id = ? AND revoked_at IS NULL AND expires_at > ? ORDER BY created_at, id",
+                (session.user_id, limit.now),
+            ) as cur:
+                rows = [session_of(r) for r in await cur.fetchall()]
+            stale, evict, refused = plan_admission(rows, limit, session.id)
+            revoked = stale if refused else stale + evict
+            if revoked:
+                revision = await self._next_revision(db)
+                await db.executemany(
+                    "UPDATE sessions SET revoked_at = ?, revoked_reason = ?, revoked_by = ?, revision = ? WHERE id = ?",
+                    [(limit.now, s.revoked_reason, s.revoked_by, revision, s.id) for s in revoked],
+                )
+            if refused:
+                return Admission(None, False, tuple(revoked))
+            row, created = await self._insert_row(db, session)
+        return Admission(row, created, tuple(revoked))
+
     async def list_active(
-        self, user_id: str, now: float, *, limit: int | None = None, before: ListPosition | None = None
+        self,
+        user_id: str,
+        now: float,
+        *,
+        limit: int | None = None,
+        before: ListPosition | None = None,
+        include_revoked: bool = False,
     ) -> list[Session]:
+        state = (
+            "(revoked_at IS NOT NULL OR expires_at > ?)" if include_revoked else "revoked_at IS NULL AND expires_at > ?"
+        )
         # Keyset page: after (created_at, id) in "created_at DESC, id" order. The plain
         # "created_at <= ?" bounds the range scan on sessions_by_user (user_id, created_at).
         after = "" if before is None else "AND created_at <= ? AND (created_at < ? OR id > ?) "
         position: tuple[Any, ...] = () if before is None else (before.created_at, before.created_at, before.id)
         rows = await self._fetch(
             f"SELECT {COLUMNS} FROM sessions "  # noqa: S608 (constant column list and clauses)
-            f"WHERE user_id = ? AND revoked_at IS NULL AND expires_at > ? {after}"
+            f"WHERE user_id = ? AND {state} {after}"
             "ORDER BY created_at DESC, id LIMIT ?",
             (user_id, now, *position, -1 if limit is None else limit),
         )
@@ -307,20 +380,69 @@ class SqliteStore:
         )
         return int(rows[0][0])
 
-    async def revoke(self, session_id: str, now: float) -> Session | None:
+    async def revoke(
+        self,
+        session_id: str,
+        now: float,
+        *,
+        reason: str = USER,
+        actor: str | None = None,
+        seen_before: float | None = None,
+    ) -> Session | None:
+        idle = "" if seen_before is None else " AND last_seen < ?"
         async with self._transaction() as db:
-            async with db.execute("SELECT 1 FROM sessions WHERE id = ? AND revoked_at IS NULL", (session_id,)) as cur:
+            async with db.execute(
+                f"SELECT 1 FROM sessions WHERE id = ? AND revoked_at IS NULL{idle}",  # noqa: S608 (constant clause)
+                (session_id,) if seen_before is None else (session_id, seen_before),
+            ) as cur:
                 unrevoked = await cur.fetchone() is not None
             if unrevoked:
                 await db.execute(
-                    "UPDATE sessions SET revoked_at = ?, revision = ? WHERE id = ?",
-                    (now, await self._next_revision(db), session_id),
+                    "UPDATE sessions SET revoked_at = ?, revoked_reason = ?, revoked_by = ?, revision = ? WHERE id = ?",
+                    (now, reason, actor, await self._next_revision(db), session_id),
                 )
             async with db.execute(f"SELECT {COLUMNS} FROM sessions WHERE id = ?", (session_id,)) as cur:  # noqa: S608
                 row = await cur.fetchone()
         return session_of(row) if row else None
 
-    async def revoke_user(self, user_id: str, now: float, keep_session_key: str | None) -> list[Session]:
+    async def revoke_stale(
+        self, now: float, *, seen_before: float | None, created_before: float | None, limit: int
+    ) -> list[Session]:
+        if seen_before is None and created_before is None:
+            return []
+        async with self._transaction() as db:
+            found: dict[str, Session] = {}
+            # Lifetime first: a session past both is revoked for its lifetime (the sharper rule).
+            for reason, column, bound in ((LIFETIME, "created_at", created_before), (IDLE, "last_seen", seen_before)):
+                if bound is None or len(found) >= limit:
+                    continue
+                async with db.execute(
+                    f"SELECT {COLUMNS} FROM sessions WHERE revoked_at IS NULL AND {column} < ? "  # noqa: S608
+                    "AND expires_at > ? LIMIT ?",
+                    (bound, now, limit - len(found)),
+                ) as cur:
+                    for r in await cur.fetchall():
+                        s = session_of(r)
+                        revoked = replace(s, revoked_at=now, revoked_reason=reason, revoked_by=POLICY_ACTOR)
+                        found.setdefault(s.id, revoked)
+            if not found:
+                return []
+            revision = await self._next_revision(db)
+            await db.executemany(
+                "UPDATE sessions SET revoked_at = ?, revoked_reason = ?, revoked_by = ?, revision = ? WHERE id = ?",
+                [(now, s.revoked_reason, s.revoked_by, revision, s.id) for s in found.values()],
+            )
+        return list(found.values())
+
+    async def revoke_user(
+        self,
+        user_id: str,
+        now: float,
+        keep_session_key: str | None,
+        *,
+        reason: str = OTHERS,
+        actor: str | None = None,
+    ) -> list[Session]:
         async with self._transaction() as db:
             async with db.execute(
                 f"SELECT {COLUMNS} FROM sessions "  # noqa: S608
@@ -330,9 +452,9 @@ class SqliteStore:
                 rows = [session_of(r) for r in await cur.fetchall()]
             revision = await self._next_revision(db)
             await db.execute(
-                "UPDATE sessions SET revoked_at = ?, revision = ? "
+                "UPDATE sessions SET revoked_at = ?, revoked_reason = ?, revoked_by = ?, revision = ? "
                 "WHERE user_id = ? AND revoked_at IS NULL AND session_key IS NOT ?",
-                (now, revision, user_id, keep_session_key),
+                (now, reason, actor, revision, user_id, keep_session_key),
             )
             # A later cut-off always wins; an earlier one is never restored.
             await db.execute(
@@ -342,13 +464,7 @@ class SqliteStore:
                 "WHERE excluded.cutoff_at >= user_cutoffs.cutoff_at",
                 (user_id, now, keep_session_key, revision),
             )
-        return [
-            Session(
-                s.id, s.session_key, s.user_id, s.created_at, s.last_seen, s.expires_at,
-                now, s.ip_address, s.device, s.location,
-            )
-            for s in rows
-        ]
+        return [replace(s, revoked_at=now, revoked_reason=reason, revoked_by=actor) for s in rows]
 
     async def current_revision(self) -> int:
         rows = await self._fetch("SELECT value FROM revision_counter WHERE id = 1", ())

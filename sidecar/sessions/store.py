@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from sidecar.sessions.models import Changes, Cutoff, ListPosition, Session, Touch
+from sidecar.sessions.models import OTHERS, USER, Admission, Changes, Cutoff, ListPosition, Session, SessionLimit, Touch
 
 
 class SessionStore(Protocol):
@@ -46,11 +46,32 @@ class SessionStore(Protocol):
         """
         ...
 
+    async def admit(self, session: Session, limit: SessionLimit) -> Admission:
+        """``insert`` under ``sessions.max_sessions_per_user``, in one transaction that holds
+        the user against every other registration of theirs (in any process).
+
+        A key already held returns its row (not created, nothing revoked). Otherwise the user's
+        unrevoked, unexpired sessions are read: those past ``limit.created_before`` /
+        ``limit.seen_before`` are revoked (``lifetime`` / ``idle``) and not counted; if the
+        rest leave no room, ``refuse_new`` inserts nothing (``Admission.session`` None), the
+        other choices revoke the oldest login / least recently seen (``limit``, actor
+        ``session:<new id>``) and insert. So racing registrations never leave more than
+        ``max_sessions`` active, and with ``refuse_new`` exactly that many are admitted.
+        """
+        ...
+
     async def list_active(
-        self, user_id: str, now: float, *, limit: int | None = None, before: ListPosition | None = None
+        self,
+        user_id: str,
+        now: float,
+        *,
+        limit: int | None = None,
+        before: ListPosition | None = None,
+        include_revoked: bool = False,
     ) -> list[Session]:
         """The user's sessions that are neither revoked nor expired, newest login first
-        (``created_at`` descending, ties by ``id`` ascending).
+        (``created_at`` descending, ties by ``id`` ascending); ``include_revoked`` adds the
+        revoked ones still stored (tombstones), for the admin listing.
 
         ``limit`` caps how many (None: all). ``before`` continues a listing: only sessions
         after that position in this order, compared by value, so a session added or
@@ -62,17 +83,45 @@ class SessionStore(Protocol):
         """How many sessions are neither revoked nor expired (for the metrics gauge)."""
         ...
 
-    async def revoke(self, session_id: str, now: float) -> Session | None:
-        """Mark one session revoked (idempotent: an earlier revocation time is kept).
+    async def revoke(
+        self,
+        session_id: str,
+        now: float,
+        *,
+        reason: str = USER,
+        actor: str | None = None,
+        seen_before: float | None = None,
+    ) -> Session | None:
+        """Mark one session revoked, recording ``reason`` and ``actor`` (idempotent: an
+        earlier revocation, its time and reason, is kept).
 
-        Returns the row as it now is, or None when no such session exists.
+        With ``seen_before``, only a session whose ``last_seen`` is before it (the idle
+        decision: a flush that raised it first keeps the session). Returns the row as it
+        now is, or None when no such session exists.
         """
         ...
 
-    async def revoke_user(self, user_id: str, now: float, keep_session_key: str | None) -> list[Session]:
-        """In one transaction: revoke every other unrevoked session of the user and set
-        the user's cut-off to ``now`` (exempting ``keep_session_key``). Returns the rows
-        it revoked."""
+    async def revoke_stale(
+        self, now: float, *, seen_before: float | None, created_before: float | None, limit: int
+    ) -> list[Session]:
+        """Revoke at most ``limit`` unexpired, unrevoked sessions logged in before
+        ``created_before`` (reason ``lifetime``) or last seen before ``seen_before``
+        (``idle``), actor ``policy``, taking a revision; None leaves that rule out.
+        Returns the rows it revoked."""
+        ...
+
+    async def revoke_user(
+        self,
+        user_id: str,
+        now: float,
+        keep_session_key: str | None,
+        *,
+        reason: str = OTHERS,
+        actor: str | None = None,
+    ) -> list[Session]:
+        """In one transaction: revoke every other unrevoked session of the user (recording
+        ``reason`` and ``actor``) and set the user's cut-off to ``now`` (exempting
+        ``keep_session_key``). Returns the rows it revoked."""
         ...
 
     async def get_cutoff(self, user_id: str) -> Cutoff | None: ...

@@ -15,6 +15,8 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from sidecar.enrich.client_ip import ClientInfo, IPAddress, parse_address
 from sidecar.errors import InvalidTokenError, SessionRejectedError
+from sidecar.sessions.models import ADMIN, ADMIN_USER, LIFETIME
+from sidecar.sessions.service import SESSION_LIMIT
 from sidecar.web import audit, oauth2
 from sidecar.web.api import NOT_FOUND, session_id_from
 from sidecar.web.envelope import ApiError, page, session_json, success
@@ -125,6 +127,22 @@ def _user_agent(raw: Any) -> str | None:
     return raw
 
 
+# Why a registration was refused, as the auth service is told (409).
+_REFUSED = {
+    SESSION_LIMIT: "Session limit reached: the user has sessions.max_sessions_per_user active sessions",
+    LIFETIME: "Session lifetime is over: the user must log in again",
+}
+
+
+def _include_revoked(request: web.Request) -> bool:
+    values = request.query.getall("include_revoked", [])
+    if not values:
+        return False
+    if len(values) > 1 or values[0] not in ("true", "false"):
+        raise ApiError(400, "Parameter 'include_revoked' must be true or false")
+    return values[0] == "true"
+
+
 async def register_session(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     body = await _json_body(request)
@@ -142,28 +160,36 @@ async def register_session(request: web.Request) -> web.Response:
         session, created = await services.sessions.register(claims, ClientInfo(ip=ip, user_agent=user_agent))
     except SessionRejectedError as e:
         log.info("admin: registration refused (%s) for user %s", e.reason, claims.user_id)
-        raise ApiError(409, "Session is revoked") from e
+        raise ApiError(409, _REFUSED.get(e.reason, "Session is revoked")) from e
+    shown = session_json(session, with_user=True, deadlines=services.sessions.deadlines(session))
     if created:
-        return success("Session registered successfully", session_json(session, with_user=True), 201)
-    return success("Session already registered", session_json(session, with_user=True), 200)
+        return success("Session registered successfully", shown, 201)
+    return success("Session already registered", shown, 200)
 
 
 async def list_user_sessions(request: web.Request) -> web.Response:
     user_id = _user_id(request)
     limit, before = page_params(request)
-    found = await request.app[SERVICES].sessions.list_page(user_id, limit=limit, before=before)
-    data = [session_json(s, with_user=True) for s in found.sessions]
+    include_revoked = _include_revoked(request)
+    sessions = request.app[SERVICES].sessions
+    found = await sessions.list_page(user_id, limit=limit, before=before, include_revoked=include_revoked)
+    data = [
+        session_json(s, with_user=True, deadlines=sessions.deadlines(s) if s.revoked_at is None else (None, None))
+        for s in found.sessions
+    ]
     return page("Sessions retrieved successfully", data, next_cursor(found.next))
 
 
 async def revoke_user(request: web.Request) -> web.Response:
     user_id = _user_id(request)
     services = request.app[SERVICES]
-    revoked = await services.sessions.revoke_user(user_id, keep_session_key=None)
+    revoked = await services.sessions.revoke_user(
+        user_id, keep_session_key=None, reason=ADMIN_USER, actor=f"admin:{request[ADMIN_ACTOR]}"
+    )
     services.metrics.revocations.labels("admin", "user").inc()
     log.info("admin: revoked user %s: %d session(s) and every earlier token", user_id, len(revoked))
     audit.record(
-        "user.revoked", api="admin", actor_key=request[ADMIN_ACTOR], user=user_id,
+        "user.revoked", api="admin", reason=ADMIN_USER, actor_key=request[ADMIN_ACTOR], user=user_id,
         revoked_sessions=[s.id for s in revoked],
     )
     return web.Response(status=204)
@@ -172,12 +198,14 @@ async def revoke_user(request: web.Request) -> web.Response:
 async def revoke_session(request: web.Request) -> web.Response:
     session_id = session_id_from(request.match_info["tail"])
     services = request.app[SERVICES]
-    s = await services.sessions.revoke(session_id, None)
+    s = await services.sessions.revoke(session_id, None, reason=ADMIN, actor=f"admin:{request[ADMIN_ACTOR]}")
     if s is None:
         raise ApiError(404, NOT_FOUND)
     services.metrics.revocations.labels("admin", "session").inc()
     log.info("admin: revoked session %s of user %s", s.id, s.user_id)
-    audit.record("session.revoked", api="admin", actor_key=request[ADMIN_ACTOR], user=s.user_id, session=s.id)
+    audit.record(
+        "session.revoked", api="admin", reason=ADMIN, actor_key=request[ADMIN_ACTOR], user=s.user_id, session=s.id
+    )
     return web.Response(status=204)
 
 

@@ -7,6 +7,7 @@ import re
 
 from aiohttp import web
 
+from sidecar.sessions.models import OTHERS, USER
 from sidecar.web import audit
 from sidecar.web.envelope import ApiError, page, session_json, success
 from sidecar.web.keys import API_RATE, SERVICES
@@ -65,8 +66,9 @@ async def list_sessions(request: web.Request) -> web.Response:
     _rate_limit(request)
     limit, before = page_params(request)
     claims, current = await authenticate(request)
-    found = await request.app[SERVICES].sessions.list_page(claims.user_id, limit=limit, before=before)
-    data = [session_json(s, current_id=current) for s in found.sessions]
+    sessions = request.app[SERVICES].sessions
+    found = await sessions.list_page(claims.user_id, limit=limit, before=before)
+    data = [session_json(s, current_id=current, deadlines=sessions.deadlines(s)) for s in found.sessions]
     return page("Sessions retrieved successfully", data, next_cursor(found.next))
 
 
@@ -77,14 +79,16 @@ async def delete_other_sessions(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     # The caller's session by its own key: a token a refresh minted is bound to it.
     keep = await services.sessions.own_key(claims)
-    revoked = await services.sessions.revoke_user(claims.user_id, keep_session_key=keep)
+    revoked = await services.sessions.revoke_user(
+        claims.user_id, keep_session_key=keep, reason=OTHERS, actor=f"user:{claims.user_id}"
+    )
     services.metrics.revocations.labels("sessions", "others").inc()
     log.info(
         "All sessions deleted successfully: user %s revoked %d other session(s), kept %s",
         claims.user_id, len(revoked), current,
     )
     audit.record(
-        "user.other_sessions_revoked", api="sessions", actor_user=claims.user_id, actor_session=current,
+        "user.other_sessions_revoked", api="sessions", reason=OTHERS, actor_user=claims.user_id, actor_session=current,
         user=claims.user_id, kept_session=current, revoked_sessions=[s.id for s in revoked],
     )
     return web.Response(status=204)
@@ -94,10 +98,13 @@ async def get_session(request: web.Request) -> web.Response:
     _rate_limit(request)
     session_id = session_id_from(request.match_info["tail"])
     claims, current = await authenticate(request)
-    s = await request.app[SERVICES].sessions.get_active(session_id, claims.user_id)
+    sessions = request.app[SERVICES].sessions
+    s = await sessions.get_active(session_id, claims.user_id)
     if s is None:
         raise ApiError(404, NOT_FOUND)
-    return success("Session retrieved successfully", session_json(s, current_id=current))
+    return success(
+        "Session retrieved successfully", session_json(s, current_id=current, deadlines=sessions.deadlines(s))
+    )
 
 
 async def delete_session(request: web.Request) -> web.Response:
@@ -107,13 +114,13 @@ async def delete_session(request: web.Request) -> web.Response:
     claims, current = await authenticate(request)
     services = request.app[SERVICES]
     # Another user's id answers exactly like an unknown one (SECURITY_CASES C23).
-    s = await services.sessions.revoke(session_id, claims.user_id)
+    s = await services.sessions.revoke(session_id, claims.user_id, reason=USER, actor=f"user:{claims.user_id}")
     if s is None:
         raise ApiError(404, NOT_FOUND)
     services.metrics.revocations.labels("sessions", "session").inc()
     log.info("Session deleted successfully: user %s revoked %s", claims.user_id, session_id)
     audit.record(
-        "session.revoked", api="sessions", actor_user=claims.user_id, actor_session=current,
+        "session.revoked", api="sessions", reason=USER, actor_user=claims.user_id, actor_session=current,
         user=s.user_id, session=s.id,
     )
     return web.Response(status=204)

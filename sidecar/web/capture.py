@@ -24,7 +24,7 @@ from sidecar.capture.learn import Capture
 from sidecar.capture.places import AmbiguousTokenError, CaptureRoute, token_in_answer, token_in_request
 from sidecar.enrich.client_ip import ClientInfo
 from sidecar.errors import StoreUnavailableError
-from sidecar.sessions.models import Session
+from sidecar.sessions.models import LOGOUT, Session
 from sidecar.web import audit
 from sidecar.web.envelope import error
 from sidecar.web.keys import SERVICES
@@ -189,11 +189,11 @@ async def _learn(
         ended = await learn.session_to_end(bearer, presented_refresh)
         if ended is None or ended.revoked_at is not None:
             return  # unknown or already revoked: forwarded, nothing more to revoke
-        revoked = await services.sessions.revoke(ended.id, None)
+        revoked = await services.sessions.revoke(ended.id, None, reason=LOGOUT, actor="capture")
         if revoked is not None:
             services.metrics.revocations.labels("capture", "logout").inc()
             log.info("capture: logout revoked session %s of user %s", revoked.id, revoked.user_id)
-            audit.record("session.revoked", api="capture", reason="logout", user=revoked.user_id,
+            audit.record("session.revoked", api="capture", reason=LOGOUT, user=revoked.user_id,
                          session=revoked.id)
 
 

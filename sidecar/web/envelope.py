@@ -75,7 +75,15 @@ def rfc3339(ts: float) -> str:
     return f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}T{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}Z"
 
 
-def session_json(s: Session, *, current_id: str | None = None, with_user: bool = False) -> dict[str, Any]:
+def session_json(
+    s: Session,
+    *,
+    current_id: str | None = None,
+    with_user: bool = False,
+    deadlines: tuple[float | None, float | None] = (None, None),
+) -> dict[str, Any]:
+    """A session as the APIs show it. ``deadlines`` (``SessionService.deadlines``): when the
+    idle timeout and the lifetime end it, each only when that policy is on."""
     out: dict[str, Any] = {
         "id": s.id,
         "ip_address": s.ip_address,
@@ -85,11 +93,18 @@ def session_json(s: Session, *, current_id: str | None = None, with_user: bool =
         "last_seen": rfc3339(s.last_seen),
         "expires_at": rfc3339(s.expires_at),
     }
+    idle, lifetime = deadlines
+    if idle is not None:
+        out["idle_expires_at"] = rfc3339(idle)
+    if lifetime is not None:
+        out["lifetime_expires_at"] = rfc3339(lifetime)
     if current_id is not None:
         out["current"] = s.id == current_id
     if with_user:
         out["user_id"] = s.user_id
         out["revoked_at"] = rfc3339(s.revoked_at) if s.revoked_at is not None else None
+        out["revoked_reason"] = s.revoked_reason
+        out["revoked_by"] = s.revoked_by
     return out
 
 

@@ -23,6 +23,7 @@ from aiohttp import web
 
 from sidecar.enrich.client_ip import ClientInfo
 from sidecar.errors import InvalidTokenError, SessionRejectedError, StoreUnavailableError
+from sidecar.sessions.models import OAUTH2
 from sidecar.tokens.parse import parse_compact
 from sidecar.web import audit
 from sidecar.web.keys import ADMIN_ACTOR, SERVICES
@@ -146,7 +147,8 @@ async def revoke(request: web.Request) -> web.Response:
                 return web.Response(status=200, headers=_NO_STORE)
         if session.revoked_at is not None:
             return web.Response(status=200, headers=_NO_STORE)  # revoked before: nothing new to record
-        revoked = await services.sessions.revoke(session.id, None)
+        actor = f"oauth2:{request[ADMIN_ACTOR]}"
+        revoked = await services.sessions.revoke(session.id, None, reason=OAUTH2, actor=actor)
     except StoreUnavailableError as e:
         log.error("oauth2: revocation not committed, store unavailable: %s", e)
         return oauth_error(503, "temporarily_unavailable", {"Retry-After": "1"})
@@ -154,7 +156,8 @@ async def revoke(request: web.Request) -> web.Response:
         services.metrics.revocations.labels("oauth2", "session").inc()
         log.info("oauth2: revoked session %s of user %s", revoked.id, revoked.user_id)
         audit.record(
-            "session.revoked", api="oauth2", actor_key=request[ADMIN_ACTOR], user=revoked.user_id, session=revoked.id,
+            "session.revoked", api="oauth2", reason=OAUTH2, actor_key=request[ADMIN_ACTOR], user=revoked.user_id,
+            session=revoked.id,
         )
     return web.Response(status=200, headers=_NO_STORE)
 

@@ -297,6 +297,21 @@ def _components() -> dict[str, Any]:
                     "last_seen": timestamp,
                     "expires_at": {**timestamp, "description": "When the latest token seen for this session expires."},
                     "current": {"type": "boolean", "description": "Whether this is the caller's own session."},
+                    "idle_expires_at": {
+                        **timestamp,
+                        "description": (
+                            "Only when `sessions.idle_timeout_seconds` is set: the session is ended for "
+                            "idleness unless used before then (last_seen + the timeout; the refusal may come "
+                            "up to `last_seen_flush_seconds` + 1 s later, never earlier)."
+                        ),
+                    },
+                    "lifetime_expires_at": {
+                        **timestamp,
+                        "description": (
+                            "Only when `sessions.max_lifetime_seconds` is set: when the session ends however "
+                            "fresh its tokens (login_time + the lifetime): log in again after it."
+                        ),
+                    },
                 },
             },
             "Health": {

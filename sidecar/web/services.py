@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -21,8 +22,10 @@ from sidecar.metrics import SESSIONS_COUNT_SECONDS, Metrics
 from sidecar.revocation import RedisPush
 from sidecar.routes import RouteTable
 from sidecar.sessions import SessionStore, store_from_settings
+from sidecar.sessions.models import IDLE, LIFETIME, LIMIT, Session
 from sidecar.sessions.service import SessionService
 from sidecar.tokens import JwksKeys, TokenVerifier
+from sidecar.web import audit
 from sidecar.web.outbound import jwks_fetcher
 
 log = logging.getLogger(__name__)
@@ -59,6 +62,18 @@ class Services:
             "redis_connected": float(self.push is not None and self.push.connected),
             "redis_messages_received": float(self.push.received if self.push is not None else 0),
         }
+
+
+# Revocations the session rules make on their own: audited here (the API handlers audit theirs).
+_POLICY_REASONS = frozenset({IDLE, LIFETIME, LIMIT})
+
+
+def record_revocation(metrics: Metrics, reason: str, actor: str | None, sessions: Sequence[Session]) -> None:
+    """Count every revocation this process committed by reason, and audit the policies' own."""
+    metrics.sessions_revoked.labels(reason).inc(len(sessions))
+    if reason in _POLICY_REASONS:
+        for s in sessions:
+            audit.record("session.revoked", api="policy", reason=reason, actor=actor, user=s.user_id, session=s.id)
 
 
 async def count_sessions(services: Services) -> None:
@@ -123,6 +138,11 @@ async def open_services(settings: Settings, clock: Clock | None = None) -> Async
             flush_interval=settings.sessions.last_seen_flush_seconds,
             catchup_interval=settings.sessions.catchup_interval_seconds,
             max_staleness=settings.sessions.max_staleness_seconds,
+            idle_timeout=settings.sessions.idle_timeout_seconds,
+            idle_grace=settings.sessions.idle_grace_seconds,
+            max_lifetime=settings.sessions.max_lifetime_seconds,
+            max_sessions=settings.sessions.max_sessions_per_user,
+            on_session_limit=settings.sessions.on_session_limit,
         )
         await sessions.start()
         stack.push_async_callback(sessions.stop)
@@ -135,6 +155,7 @@ async def open_services(settings: Settings, clock: Clock | None = None) -> Async
         services.metrics.watch(services.live_values)
         counter = asyncio.get_running_loop().create_task(_count_sessions(services))
         stack.push_async_callback(_cancel, counter)
+        sessions.on_recorded = functools.partial(record_revocation, services.metrics)
         propagation = services.metrics.propagation_seconds
         sessions.on_propagated = lambda via, seconds: propagation.labels(via).observe(seconds)
         yield services

@@ -26,6 +26,7 @@ import pytest
 from sidecar.config import StorageSettings
 from sidecar.errors import StoreUnavailableError
 from sidecar.sessions import ListPosition, Session, SessionStore, Touch, store_from_settings
+from sidecar.sessions.models import SessionLimit
 from sidecar.sessions.sqlite import SCHEMA_VERSION, SqliteStore
 from tests.sessions import pg
 from tests.support.ports import free_port
@@ -267,7 +268,6 @@ async def test_touch_only_raises_values(store: SessionStore) -> None:
     await store.touch([Touch(s.id, NOW + 10, NOW + 60)])
     row = await store.get(s.id)
     assert row is not None and (row.last_seen, row.expires_at) == (NOW + 50, NOW + 7200)
-    await store.touch([])
     await store.touch([Touch(str(uuid.uuid4()), NOW, NOW)])  # a deleted session: no error
 
 
@@ -885,3 +885,153 @@ def test_both_backends_list_the_same_schema_versions() -> None:
     assert [v for v, _ in sqlite.MIGRATIONS] == [v for v, _ in postgres.MIGRATIONS] == list(
         range(1, sqlite.SCHEMA_VERSION + 1)
     )
+
+
+# ---------------------------------------------------------------- session policies (issue 15)
+
+
+async def test_revoke_records_reason_and_actor_and_keeps_the_first(store: SessionStore) -> None:
+    """A revocation stores its reason and actor; revoking again keeps the first ones."""
+    s = session()
+    await store.insert(s)
+    row = await store.revoke(s.id, NOW + 1, reason="admin", actor="admin:sha256:abc")
+    assert row is not None and (row.revoked_reason, row.revoked_by, row.revoked_at) == ("admin", "admin:sha256:abc", NOW + 1)
+    again = await store.revoke(s.id, NOW + 2, reason="user", actor="user:alice")
+    assert again == row
+    assert await store.get(s.id) == row
+
+
+async def test_revoke_seen_before_spares_a_session_seen_since(store: SessionStore) -> None:
+    """The idle revoke leaves a session whose last_seen is not before the bound, and takes one that is."""
+    s = session(created=NOW)
+    await store.insert(s)
+    await store.touch([Touch(s.id, NOW + 50, s.expires_at)])
+    kept = await store.revoke(s.id, NOW + 100, reason="idle", actor="policy", seen_before=NOW + 50)
+    assert kept is not None and kept.revoked_at is None
+    gone = await store.revoke(s.id, NOW + 100, reason="idle", actor="policy", seen_before=NOW + 51)
+    assert gone is not None and (gone.revoked_at, gone.revoked_reason) == (NOW + 100, "idle")
+
+
+async def test_revoke_user_records_reason_and_actor(store: SessionStore) -> None:
+    """"Revoke user" stores its reason and actor on every session it revokes, and returns them so."""
+    a, b = session("ruth"), session("ruth")
+    await store.insert(a)
+    await store.insert(b)
+    rows = await store.revoke_user("ruth", NOW + 1, None, reason="admin_user", actor="admin:k")
+    assert {(r.revoked_reason, r.revoked_by) for r in rows} == {("admin_user", "admin:k")}
+    for s in (a, b):
+        stored = await store.get(s.id)
+        assert stored is not None and stored.revoked_reason == "admin_user" and stored.revoked_by == "admin:k"
+
+
+async def test_revoke_stale_takes_lifetime_and_idle_sessions_in_the_feed(store: SessionStore) -> None:
+    """The sweep revokes sessions logged in or last seen before its bounds (lifetime first), skips
+    expired and revoked ones, and its revocations reach the revision feed."""
+    old_login = session("sam", created=NOW - 1000)
+    idle = session("sam", created=NOW - 10)
+    both = session("sam", created=NOW - 1000)
+    fresh = session("sam", created=NOW)
+    expired = session("sam", created=NOW - 1000, expires=NOW - 1)
+    revoked = session("sam", created=NOW - 1000)
+    for s in (old_login, idle, both, fresh, expired, revoked):
+        await store.insert(s)
+    await store.touch([Touch(old_login.id, NOW, old_login.expires_at), Touch(fresh.id, NOW, fresh.expires_at)])
+    await store.revoke(revoked.id, NOW - 5)
+    start = await store.current_revision()
+    rows = await store.revoke_stale(NOW, seen_before=NOW - 5, created_before=NOW - 500, limit=100)
+    assert {r.id: r.revoked_reason for r in rows} == {old_login.id: "lifetime", both.id: "lifetime", idle.id: "idle"}
+    assert {r.revoked_by for r in rows} == {"policy"}
+    changes = await store.changes_since(start, 100)
+    assert {s.id for s in changes.sessions} == {old_login.id, both.id, idle.id}
+    assert await store.revoke_stale(NOW, seen_before=NOW - 5, created_before=NOW - 500, limit=100) == []
+    assert await store.revoke_stale(NOW, seen_before=None, created_before=None, limit=100) == []
+    stored = await store.get(revoked.id)
+    assert stored is not None and stored.revoked_at == NOW - 5
+
+
+def limit_of(n: int, on_limit: str, **bounds: float) -> SessionLimit:
+    return SessionLimit(n, on_limit, NOW, **bounds)  # type: ignore[arg-type]  # a Literal, from a parameter
+
+
+async def test_admit_refuse_new_admits_up_to_the_limit(store: SessionStore) -> None:
+    """With refuse_new, the limit's sessions are admitted and the next is refused, nothing inserted;
+    a key already held is answered with its row whatever the limit."""
+    admitted = []
+    for i in range(3):
+        a = await store.admit(session("tess", created=NOW + i), limit_of(3, "refuse_new"))
+        assert a.created and a.session is not None and a.revoked == ()
+        admitted.append(a.session)
+    newcomer = session("tess", created=NOW + 5)
+    refused = await store.admit(newcomer, limit_of(3, "refuse_new"))
+    assert refused.session is None and not refused.created
+    assert await store.get(newcomer.id) is None
+    again = await store.admit(replace(admitted[0], id=str(uuid.uuid4())), limit_of(3, "refuse_new"))
+    assert again.session == admitted[0] and not again.created
+    assert len(await store.list_active("tess", NOW)) == 3
+    other = await store.admit(session("ulla"), limit_of(3, "refuse_new"))
+    assert other.created  # the limit is per user
+
+
+@pytest.mark.parametrize(("on_limit", "evicted"), [("revoke_oldest", 0), ("revoke_least_recent", 1)])
+async def test_admit_revokes_the_chosen_session(store: SessionStore, on_limit: str, evicted: int) -> None:
+    """Past the limit the newcomer is admitted and the oldest login, or the least recently seen,
+    is revoked with reason limit by the newcomer, in the revision feed."""
+    rows = [session("vera", created=NOW + i) for i in range(2)]
+    for s in rows:
+        await store.insert(s)
+    await store.touch([Touch(rows[0].id, NOW + 100, rows[0].expires_at)])  # the oldest login, seen last
+    start = await store.current_revision()
+    newcomer = session("vera", created=NOW + 200)
+    a = await store.admit(newcomer, limit_of(2, on_limit))
+    assert a.created and a.session is not None and a.session.id == newcomer.id
+    assert [(r.id, r.revoked_reason, r.revoked_by) for r in a.revoked] == [
+        (rows[evicted].id, "limit", f"session:{newcomer.id}")
+    ]
+    assert {s.id for s in await store.list_active("vera", NOW)} == {newcomer.id, rows[1 - evicted].id}
+    assert [s.id for s in (await store.changes_since(start, 100)).sessions] == [rows[evicted].id]
+
+
+async def test_admit_revokes_stale_sessions_instead_of_counting_them(store: SessionStore) -> None:
+    """Sessions past the idle or lifetime bound are revoked for that, not counted against the limit."""
+    old = session("wes", created=NOW - 1000)
+    quiet = session("wes", created=NOW - 10)
+    for s in (old, quiet):
+        await store.insert(s)
+    a = await store.admit(session("wes"), limit_of(1, "refuse_new", seen_before=NOW - 5, created_before=NOW - 500))
+    assert a.created
+    assert {(r.id, r.revoked_reason) for r in a.revoked} == {(old.id, "lifetime"), (quiet.id, "idle")}
+    assert len(await store.list_active("wes", NOW)) == 1
+
+
+@pytest.mark.parametrize("on_limit", ["refuse_new", "revoke_oldest", "revoke_least_recent"])
+async def test_concurrent_admits_never_pass_the_limit(store: SessionStore, on_limit: str) -> None:
+    """Ten registrations of one user's new sessions racing leave at most three active; with
+    refuse_new exactly three are admitted."""
+    results = await asyncio.gather(*(store.admit(session("xena"), limit_of(3, on_limit)) for _ in range(10)))
+    active = await store.list_active("xena", NOW)
+    assert len(active) == 3
+    admitted = [r for r in results if r.created]
+    assert len(admitted) == (3 if on_limit == "refuse_new" else 10)
+
+
+async def test_list_active_with_revoked_shows_tombstones(store: SessionStore) -> None:
+    """include_revoked adds the user's revoked sessions, with their reason, to the listing."""
+    live, gone = session("yuri", created=NOW), session("yuri", created=NOW + 1)
+    for s in (live, gone):
+        await store.insert(s)
+    await store.revoke(gone.id, NOW + 2, reason="admin", actor="admin:k")
+    assert [s.id for s in await store.list_active("yuri", NOW)] == [live.id]
+    both = await store.list_active("yuri", NOW, include_revoked=True)
+    assert [(s.id, s.revoked_reason) for s in both] == [(gone.id, "admin"), (live.id, None)]
+
+
+async def test_postgres_admits_racing_through_two_pools_never_pass_the_limit(postgres_url: str) -> None:
+    """Registrations of one user racing through two pools (two processes' worth) never leave more
+    than the limit active, and with refuse_new admit exactly the limit."""
+    async with opened(postgres_url) as a, opened(postgres_url) as b:
+        for on_limit in ("refuse_new", "revoke_oldest"):
+            user = f"zed-{uuid.uuid4().hex[:8]}"
+            calls = [via.admit(session(user), limit_of(4, on_limit)) for _ in range(12) for via in (a, b)]
+            results = await asyncio.gather(*calls)
+            assert len(await a.list_active(user, NOW)) == 4
+            assert sum(r.created for r in results) == (4 if on_limit == "refuse_new" else 24)

@@ -327,3 +327,17 @@ async def test_paged_listing_answers_conform(sidecar: Sidecar) -> None:
     parameters = {p["name"]: p for p in DOCUMENT["paths"][listed]["get"]["parameters"]}
     assert parameters["limit"]["schema"] == {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}
     assert not schema_errors(parameters["before"]["schema"], cursor)
+
+
+async def test_listing_with_session_policies_conforms(tmp_path: Path, start_sidecar: Any) -> None:
+    """With the idle and lifetime policies on, listed sessions carry idle_expires_at and
+    lifetime_expires_at, and the answers still conform to the document."""
+    settings = settings_for(tmp_path, sessions={"idle_timeout_seconds": 600, "max_lifetime_seconds": 86400})
+    sidecar = await start_sidecar(settings)
+    token = mint("alice")
+    mine = await session_of(sidecar, token)
+    assert await call(sidecar, "GET", "/api/v1/sessions/", "/api/v1/sessions/", token) == 200
+    assert await call(sidecar, "GET", f"/api/v1/sessions/{mine}/", "/api/v1/sessions/{id}/", token) == 200
+    listed = (await sidecar.sessions(token))[0]
+    assert {"idle_expires_at", "lifetime_expires_at"} <= listed.keys()
+    assert "idle_expires_at" in DOCUMENT["components"]["schemas"]["Session"]["properties"]
