@@ -300,6 +300,9 @@ def cached(run: Run) -> dict[str, Any]:
         "p99_ratio": paired_ratio(bare_result, check_result, "p99_ms"),
         "aiohttp_rps_ratio": paired_ratio(bare_result, aiohttp_result, "rps"),
         "raw_rps_ratio": paired_ratio(raw_result, check_result, "rps"),
+        # Server-core CPU per request, µs (busy share ÷ rate).
+        "cpu_us": {name: round(_cpu_us(r), 1) for name, r in (
+            ("bare", bare_result), ("sidecar", check_result), ("sidecar_aiohttp", aiohttp_result), ("raw", raw_result))},
     }
 
 
@@ -429,17 +432,30 @@ def gateway(run: Run, kind: str) -> dict[str, Any]:
     via_sidecar = start(run.procs, f"{kind}-sidecar", app.port, sidecar.port)
     for server in (via_bare, via_sidecar):
         expect_allowed(server, tokens[0])
-    bare_result, sidecar_result = run.compare([(via_bare, "/bench", pool), (via_sidecar, "/bench", pool)])
+    pairs = [(via_bare, "/bench", pool), (via_sidecar, "/bench", pool)]
+    if kind == "nginx":  # nginx alone: the shipped file without its auth_request line
+        pairs.append((start_nginx(run.procs, "nginx-alone", app.port, sidecar.port, without_check=True), "/bench", pool))
+    results = run.compare(pairs)
+    bare_result, sidecar_result = results[0], results[1]
     run.profile(f"{kind}-sidecar", sidecar, "/bench", pool, through=via_sidecar)
     run.procs.stop_all()
-    return {
+    out = {
         "app": "nginx return 200",
         "check_listener": True,
         "bare": bare_result,
         "sidecar": sidecar_result,
         "rps_ratio": paired_ratio(bare_result, sidecar_result, "rps"),
         "p99_ratio": paired_ratio(bare_result, sidecar_result, "p99_ms"),
+        # Server-core CPU per request (everything on that core: gateway, app, sidecar).
+        "sidecar_cpu_us": round(_cpu_us(sidecar_result), 1),
+        "bare_cpu_us": round(_cpu_us(bare_result), 1),
     }
+    if len(results) == 3:
+        out["alone"] = results[2]
+        out["alone_cpu_us"] = round(_cpu_us(results[2]), 1)
+        # What the check adds per allowed request over nginx alone (issue 14: <= 20 µs).
+        out["check_adds_cpu_us"] = round(cold_cost_us(results[2], sidecar_result), 1)
+    return out
 
 
 def nginx(run: Run) -> dict[str, Any]:

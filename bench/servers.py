@@ -31,7 +31,14 @@ from bench.procs import BenchError, Processes
 from bench.tokens import Identity, SigningKey
 from tests.support.binaries import find_binary, nginx_with_auth_request
 from tests.support.configs import Listeners, sqlite_url, write_sidecar_config
-from tests.support.gateways import ENVOY_YAML, gateway_ports, nginx_argv, nginx_conf_dir, write_rewritten
+from tests.support.gateways import (
+    ENVOY_YAML,
+    NGINX_SERVER_BLOCK,
+    gateway_ports,
+    nginx_argv,
+    nginx_conf_dir,
+    write_rewritten,
+)
 from tests.support.ports import free_ports
 from tests.support.processes import REPO_ON_PATH, Service, listens, log_says, sidecar_argv
 
@@ -367,11 +374,21 @@ def start_app(procs: Processes) -> Server:
     return Server("app", port, proc)
 
 
-def start_nginx(procs: Processes, name: str, app_port: int, check_port: int) -> Server:
-    """contrib/nginx/{nginx,sidecar}.conf with the ports rewritten, in a private prefix."""
+def start_nginx(
+    procs: Processes, name: str, app_port: int, check_port: int, *, without_check: bool = False
+) -> Server:
+    """contrib/nginx/{nginx,sidecar}.conf with the ports rewritten, in a private prefix;
+    ``without_check``: the same file with its ``auth_request`` line taken out (nginx alone:
+    what the check adds is measured against it)."""
     nginx = nginx_with_auth_request()
     [port] = free_ports(1)
-    conf = nginx_conf_dir(procs.fresh(f"{name}-conf"), gateway_ports(port, app_port, check_port, check_port))
+    block = NGINX_SERVER_BLOCK.read_text()
+    if without_check:
+        line = "        auth_request /_sidecar/check;\n"
+        if line not in block:
+            raise BenchError("contrib/nginx/sidecar.conf no longer has its auth_request line")
+        block = block.replace(line, "", 1)
+    conf = nginx_conf_dir(procs.fresh(f"{name}-conf"), gateway_ports(port, app_port, check_port, check_port), block)
     argv = _nginx_argv(nginx, procs.fresh(f"{name}-prefix"), conf)
     return Server(name, port, procs.start(name, argv, listens(port)))
 
