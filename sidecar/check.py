@@ -169,43 +169,44 @@ class CheckCore:
     def decide_now(self, facts: RequestFacts) -> Answer | None:
         """The answer when it can be given without waiting, else None: call ``decide``."""
         started = time.perf_counter()
-        answer = self._now(facts)
+        try:
+            answer = self._now(facts)
+        except InvalidTokenError as e:
+            answer = self._deny(e.reason, facts)
+        except Exception:
+            answer = self._failed(facts)
         if answer is not None:
             self.stats.observe(time.perf_counter() - started)
         return answer
 
     def _now(self, facts: RequestFacts) -> Answer | None:
-        try:
-            policy = "required" if self.routes is None else self._policy(facts)
+        if self.routes is not None:
+            policy = self._policy(facts)
             if policy != "required":
                 anonymous = self._anonymous(policy, facts)
                 if anonymous is not None:
                     return anonymous
-            headers = facts.headers
-            if self._cookie is None:
+        headers = facts.headers
+        if self._cookie is None:
+            claims = self.verifier.cached_bearer(headers.getall("authorization", _NONE))
+        else:
+            token = cookie_token(headers, self._cookie, self._max_token)
+            if token is None:
                 claims = self.verifier.cached_bearer(headers.getall("authorization", _NONE))
             else:
-                token = cookie_token(headers, self._cookie, self._max_token)
-                if token is None:
-                    claims = self.verifier.cached_bearer(headers.getall("authorization", _NONE))
-                else:
-                    claims = self.verifier.cached(token)
-            if claims is None:
-                return None
-            session_id = self.sessions.check_now(claims)
-            if session_id is None:
-                return None
-            self.stats.allowed += 1
-            known = self._allows.get(session_id)
-            if known is not None and known.claims is claims:
-                return known
-            answer = allow(claims, session_id)
-            answer.claims = claims
-            return self._allows.put(session_id, answer)
-        except InvalidTokenError as e:
-            return self._deny(e.reason, facts)
-        except Exception:
-            return self._failed(facts)
+                claims = self.verifier.cached(token)
+        if claims is None:
+            return None
+        session_id = self.sessions.check_now(claims)
+        if session_id is None:
+            return None
+        self.stats.allowed += 1
+        known = self._allows.get(session_id)
+        if known is not None and known.claims is claims:
+            return known
+        answer = allow(claims, session_id)
+        answer.claims = claims
+        return self._allows.put(session_id, answer)
 
     # ------------------------------------------------------------------ with waiting
 

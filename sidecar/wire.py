@@ -32,7 +32,7 @@ import httptools
 
 from sidecar.check import Answer, CheckCore, is_check_target
 from sidecar.config import Settings
-from sidecar.facts import HeaderLists, RequestFacts
+from sidecar.facts import RequestFacts
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("sidecar.access")
@@ -64,6 +64,37 @@ NOT_FOUND: Final = _plain(404, "Not found: the check listener answers /introspec
 TARGET_TOO_LONG: Final = _plain(414, "Request target too long")
 HEAD_TOO_LARGE: Final = _plain(431, "Request header fields too large")
 TOO_MANY: Final = _plain(503, "Too many connections")
+
+
+class _RawHeaders:
+    """A request's headers as llhttp gave them (lower-case name bytes -> value bytes),
+    decoded only when the check asks for one: most are never read."""
+
+    __slots__ = ("values",)
+
+    def __init__(self) -> None:
+        self.values: dict[bytes, list[bytes]] = {}
+
+    def getall(self, key: str, default: list[str], /) -> list[str]:
+        found = self.values.get(_NAMES.get(key) or key.encode("latin-1"))
+        if found is None:
+            return default
+        return [v.decode("utf-8", "surrogateescape") for v in found]
+
+    def get(self, key: str, /) -> str | None:
+        found = self.values.get(_NAMES.get(key) or key.encode("latin-1"))
+        return found[0].decode("utf-8", "surrogateescape") if found else None
+
+
+# The names the check reads, encoded once.
+_NAMES: Final = {
+    name: name.encode()
+    for name in (
+        "authorization", "cookie", "user-agent", "x-forwarded-for", "x-real-ip", "x-request-id",
+        "x-original-method", "x-original-uri", "x-forwarded-method", "x-forwarded-uri", "expect",
+    )
+}
+_METHODS: Final = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
 
 
 class _Refused(Exception):
@@ -136,7 +167,7 @@ class CheckProtocol(asyncio.Protocol):
         self.read_paused_by: set[str] = set()
         # The request being read.
         self.target = b""
-        self.headers = HeaderLists()
+        self.headers = _RawHeaders()
 
     # ------------------------------------------------------------------ connection
 
@@ -233,7 +264,7 @@ class CheckProtocol(asyncio.Protocol):
         self.in_message = True
         self.target = b""
         self.head_bytes = 0
-        self.headers = HeaderLists()
+        self.headers = _RawHeaders()
         self.deadline = self.clock.now + self.listener.header_timeout
 
     def on_url(self, url: bytes) -> None:
@@ -248,7 +279,12 @@ class CheckProtocol(asyncio.Protocol):
         self.head_bytes += len(name) + len(value) + 4
         if self.head_bytes > MAX_HEAD:
             raise _Refused(HEAD_TOO_LARGE)
-        self.headers.add(name.decode("latin-1").lower(), value.decode("utf-8", "surrogateescape"))
+        name = name.lower()
+        found = self.headers.values.get(name)
+        if found is None:
+            self.headers.values[name] = [value]
+        else:
+            found.append(value)
 
     def on_headers_complete(self) -> None:
         self.in_head = False
@@ -276,7 +312,8 @@ class CheckProtocol(asyncio.Protocol):
             or parser.should_upgrade()
             or self.listener.draining
         )
-        method = parser.get_method().decode("ascii", "replace")
+        raw_method = parser.get_method()
+        method = _METHODS.get(raw_method) or raw_method.decode("ascii", "replace")
         target = self.target.decode("utf-8", "surrogateescape")
         head = method == "HEAD"
         answer = NOT_FOUND
