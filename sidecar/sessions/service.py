@@ -405,6 +405,17 @@ class SessionService:
             )
         return cutoff.refuses(key, issued)
 
+    def _refuse_known(self, state: _State, claims: Claims, now: float) -> None:
+        """Raise for a known session this token may not use: another user's, or revoked."""
+        if state.user_id != claims.user_id:
+            raise SessionRejectedError("session_user_mismatch")
+        if state.revoked:
+            # Keep the tombstone alive as long as tokens of the session keep coming.
+            if claims.expires_at > state.expires_at:
+                state.expires_at = claims.expires_at
+                self._note(state.id, now, claims.expires_at)
+            raise SessionRejectedError("revoked")
+
     def check_now(self, claims: Claims) -> str | None:
         """Decide from memory alone, without waiting: the session id when the token's
         session is known and active, None when memory cannot tell (``check`` reads the
@@ -426,14 +437,7 @@ class SessionService:
         if isinstance(entry, _Missing) or not self.fresh:
             return None
         self._states.move_to_end(key)
-        if state.user_id != claims.user_id:
-            raise SessionRejectedError("session_user_mismatch")
-        if state.revoked:
-            # Keep the tombstone alive as long as tokens of the session keep coming.
-            if claims.expires_at > state.expires_at:
-                state.expires_at = claims.expires_at
-                self._note(state.id, now, claims.expires_at)
-            raise SessionRejectedError("revoked")
+        self._refuse_known(state, claims, now)
         if entry is not None and self._cut_off(entry, key, claims):
             raise SessionRejectedError("cut_off")
         if self._policy_refusal(state, now) is not None:
@@ -553,14 +557,7 @@ class SessionService:
             self._states.move_to_end(key)
 
         if state is not None:
-            if state.user_id != claims.user_id:
-                raise SessionRejectedError("session_user_mismatch")
-            if state.revoked:
-                # Keep the tombstone alive as long as tokens of the session keep coming.
-                if claims.expires_at > state.expires_at:
-                    state.expires_at = claims.expires_at
-                    self._note(state.id, now, claims.expires_at)
-                raise SessionRejectedError("revoked")
+            self._refuse_known(state, claims, now)
         if isinstance(entry, Cutoff) and self._cut_off(entry, key, claims):
             raise SessionRejectedError("cut_off")
         if state is None:
