@@ -188,7 +188,11 @@ class CheckCore:
                     return anonymous
         headers = facts.headers
         if self._cookie is None:
-            claims = self.verifier.cached_bearer(headers.getall("authorization", _NONE))
+            raw = facts.authorization
+            if raw is not None:
+                claims = self.verifier.cached_bearer_bytes(raw)
+            else:
+                claims = self.verifier.cached_bearer(headers.getall("authorization", _NONE))
         else:
             token = cookie_token(headers, self._cookie, self._max_token)
             if token is None:

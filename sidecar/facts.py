@@ -49,13 +49,18 @@ class HeaderLists:
 class RequestFacts:
     """One request to be checked. ``target`` is the request target exactly as sent."""
 
-    __slots__ = ("headers", "method", "peer", "target")
+    __slots__ = ("authorization", "headers", "method", "peer", "target")
 
-    def __init__(self, method: str, target: str, headers: Headers, peer: str | None) -> None:
+    def __init__(
+        self, method: str, target: str, headers: Headers, peer: str | None, authorization: bytes | None = None
+    ) -> None:
         self.method = method
         self.target = target
         self.headers = headers
         self.peer = peer
+        # The one Authorization header exactly as received, when a way in has it as bytes
+        # (the check listener); None: read ``headers``.
+        self.authorization = authorization
 
     def client_info(self, trusted_proxies: Sequence[IPNetwork]) -> ClientInfo:
         """Who is asking: the client address (forwarded headers believed only from a

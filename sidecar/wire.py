@@ -318,7 +318,9 @@ class CheckProtocol(asyncio.Protocol):
         head = method == "HEAD"
         answer = NOT_FOUND
         if is_check_target(target):
-            facts = RequestFacts(method, target, self.headers, self.peer)
+            found = self.headers.values.get(b"authorization")
+            raw = found[0] if found is not None and len(found) == 1 else None
+            facts = RequestFacts(method, target, self.headers, self.peer, raw)
             now = self.core.decide_now(facts)
             if now is not None:
                 answer = now

@@ -929,7 +929,7 @@ def _raise_runtime(*args: object) -> None:
     raise RuntimeError("boom")
 
 
-@pytest.mark.parametrize("target", ["verifier.cached_bearer", "sessions.check_now"])
+@pytest.mark.parametrize("target", ["verifier.cached_bearer_bytes", "sessions.check_now"])
 async def test_an_unexpected_error_in_the_check_is_a_401(
     w: Wire, monkeypatch: pytest.MonkeyPatch, target: str
 ) -> None:

@@ -434,8 +434,8 @@ class SessionService:
         if not state.revoked and state.expires_at <= now:
             return None
         entry = self._cutoffs.get(claims.user_id, _MISSING)
-        if isinstance(entry, _Missing) or not self.fresh:
-            return None
+        if isinstance(entry, _Missing) or self._clock.monotonic() - self._confirmed_at > self._max_staleness:
+            return None  # not known, or memory not known current (``fresh``): ``check`` reads
         self._states.move_to_end(key)
         self._refuse_known(state, claims, now)
         if entry is not None and self._cut_off(entry, key, claims):

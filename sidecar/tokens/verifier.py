@@ -97,6 +97,14 @@ class TokenVerifier:
             return claims
         return await self.verify(extract_bearer(authorization, self.settings.max_token_bytes))
 
+    def cached_bearer_bytes(self, authorization: bytes) -> Claims | None:
+        """``cached_bearer`` of one Authorization header as received, undecoded (the check
+        listener's shortcut: no str round trip). A token that is not ASCII never matches a
+        cached digest (those are of ASCII tokens), so it goes the full way like any miss."""
+        if authorization.startswith(b"Bearer ") and b"=." not in authorization:
+            return self._hit(hashlib.sha256(authorization[7:]).digest())
+        return None
+
     def cached_bearer(self, authorization: Sequence[str]) -> Claims | None:
         """``verify_bearer``'s shortcut, without waiting: the claims when ``authorization``
         is exactly ``Bearer <token>`` of a token verified before, else None (raises
