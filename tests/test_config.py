@@ -57,6 +57,7 @@ def test_example_config_documents_every_key() -> None:
             "routes": ("path =", "methods =", "policy ="),
             "capture": ("path =", "event =", "upstream =", "access_token =", "refresh_token =",
                         "timeout_seconds =", "max_body_bytes ="),
+            "webhooks": ("url =", "secret_env =", "secret_file", "events =", "max_attempts =", "timeout_seconds ="),
         }
         if section.name in arrays:  # arrays of tables, their keys documented in the example
             for key in arrays[section.name]:

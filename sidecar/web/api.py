@@ -80,7 +80,7 @@ async def delete_other_sessions(request: web.Request) -> web.Response:
     # The caller's session by its own key: a token a refresh minted is bound to it.
     keep = await services.sessions.own_key(claims)
     revoked = await services.sessions.revoke_user(
-        claims.user_id, keep_session_key=keep, reason=OTHERS, actor=f"user:{claims.user_id}"
+        claims.user_id, keep_session_key=keep, reason=OTHERS, actor=f"user:{claims.user_id}", actor_session=current
     )
     services.metrics.revocations.labels("sessions", "others").inc()
     log.info(
@@ -114,7 +114,9 @@ async def delete_session(request: web.Request) -> web.Response:
     claims, current = await authenticate(request)
     services = request.app[SERVICES]
     # Another user's id answers exactly like an unknown one (SECURITY_CASES C23).
-    s = await services.sessions.revoke(session_id, claims.user_id, reason=USER, actor=f"user:{claims.user_id}")
+    s = await services.sessions.revoke(
+        session_id, claims.user_id, reason=USER, actor=f"user:{claims.user_id}", actor_session=current
+    )
     if s is None:
         raise ApiError(404, NOT_FOUND)
     services.metrics.revocations.labels("sessions", "session").inc()

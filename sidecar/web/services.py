@@ -18,6 +18,7 @@ from sidecar.config import Settings
 from sidecar.enrich.device import DeviceParser
 from sidecar.enrich.geo import GeoLocator
 from sidecar.errors import KeysUnavailableError, StoreUnavailableError
+from sidecar.events.models import options_from_settings
 from sidecar.metrics import SESSIONS_COUNT_SECONDS, Metrics
 from sidecar.revocation import RedisPush
 from sidecar.routes import RouteTable
@@ -120,7 +121,7 @@ async def open_services(settings: Settings, clock: Clock | None = None) -> Async
                 log.error("jwks: initial fetch failed: %s", e)
         verifier = TokenVerifier(settings.jwt, clock, jwks)
 
-        store = store_from_settings(settings.storage)
+        store = store_from_settings(settings.storage, options_from_settings(settings))
         await store.open()
         stack.push_async_callback(store.close)
 
@@ -143,6 +144,7 @@ async def open_services(settings: Settings, clock: Clock | None = None) -> Async
             max_lifetime=settings.sessions.max_lifetime_seconds,
             max_sessions=settings.sessions.max_sessions_per_user,
             on_session_limit=settings.sessions.on_session_limit,
+            place=geo.place,
         )
         await sessions.start()
         stack.push_async_callback(sessions.stop)
