@@ -221,11 +221,14 @@ def webhook_body(event: Event) -> str:
     )
 
 
-def timestamp(ts: float) -> str:
-    """Epoch seconds -> '2026-12-02T02:30:00.123Z' (RFC 3339, UTC, milliseconds)."""
+def timestamp(ts: float, *, milliseconds: bool = True) -> str:
+    """Epoch seconds -> '2026-12-02T02:30:00.123Z' (RFC 3339, UTC; whole seconds without
+    ``milliseconds``, as the APIs write every other time)."""
     t = time.gmtime(ts)
-    ms = min(int((ts - math.floor(ts)) * 1000), 999)
-    return f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}T{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}.{ms:03d}Z"
+    whole = f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}T{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}"
+    if not milliseconds:
+        return whole + "Z"
+    return f"{whole}.{min(int((ts - math.floor(ts)) * 1000), 999):03d}Z"
 
 
 def outbox_rows(events: Sequence[Event], targets: Sequence[Target]) -> list[tuple[str, str, str, float]]:
