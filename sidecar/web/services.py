@@ -78,9 +78,14 @@ def record_revocation(metrics: Metrics, reason: str, actor: str | None, sessions
 
 
 async def count_sessions(services: Services) -> None:
-    """Set the sessions_active gauge; a store that cannot answer leaves it as it was."""
+    """Set the sessions_active and webhook_outbox gauges; a store that cannot answer leaves
+    them as they were."""
     try:
         services.metrics.sessions_active.set(await services.store.count_active(services.clock.wall()))
+        if services.settings.webhooks:
+            counts = await services.store.outbox_counts()
+            services.metrics.webhook_outbox.labels("pending").set(counts.pending)
+            services.metrics.webhook_outbox.labels("dead").set(counts.dead)
     except StoreUnavailableError as e:
         log.warning("metrics: could not count active sessions: %s", e)
 
@@ -144,7 +149,8 @@ async def open_services(settings: Settings, clock: Clock | None = None) -> Async
             max_lifetime=settings.sessions.max_lifetime_seconds,
             max_sessions=settings.sessions.max_sessions_per_user,
             on_session_limit=settings.sessions.on_session_limit,
-            place=geo.place,
+            # The flags' second lookup (country, coordinates) only when events are recorded.
+            place=geo.place if settings.events.enabled else None,
         )
         await sessions.start()
         stack.push_async_callback(sessions.stop)
