@@ -317,7 +317,7 @@ _WHSEC = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSwMfKQ9r8GKYqr"  # 33 bytes after 
 
 
 def _hooks(*entries: dict[str, Any], events: dict[str, Any] | None = None) -> Any:
-    raw: dict[str, Any] = {"jwt": {"secret": SECRET}, "webhooks": list(entries)}
+    raw: dict[str, Any] = {"jwt": {"algorithms": ["HS256"], "secret": SECRET}, "webhooks": list(entries)}
     if events is not None:
         raw["events"] = events
     return from_mapping(raw, environ={"HOOK": _WHSEC, "SHORT": "whsec_c2hvcnQ="}, base_dir=Path("/"))
@@ -327,7 +327,7 @@ def test_webhooks_read_url_secret_filter_and_attempts(tmp_path: Path) -> None:
     """A [[webhooks]] entry gives its URL, the key its whsec_ secret encodes, its event filter and attempts."""
     (tmp_path / "hook.secret").write_text(_WHSEC + "\n")
     raw = {
-        "jwt": {"secret": SECRET},
+        "jwt": {"algorithms": ["HS256"], "secret": SECRET},
         "webhooks": [
             {"url": "https://hooks.example.com/a", "secret_env": "HOOK", "events": ["session.revoked"], "max_attempts": 3},
             {"url": "http://127.0.0.1:9000/b", "secret_file": "hook.secret"},
@@ -358,8 +358,9 @@ def test_webhooks_read_url_secret_filter_and_attempts(tmp_path: Path) -> None:
 )
 def test_bad_webhooks_stop_start_up_with_one_line(entry: dict[str, Any], expected: str) -> None:
     """Each malformed [[webhooks]] entry is refused with a line naming the key."""
-    with pytest.raises(ConfigError, match="^" + expected.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[").replace("]", r"\]")):
+    with pytest.raises(ConfigError) as info:
         _hooks(entry)
+    assert str(info.value).startswith(expected), str(info.value)
 
 
 def test_a_secret_that_is_not_whsec_base64_is_refused() -> None:
@@ -367,7 +368,7 @@ def test_a_secret_that_is_not_whsec_base64_is_refused() -> None:
     for value in ("0123456789abcdef0123456789abcdef", "whsec_not*base64!"):
         with pytest.raises(ConfigError, match=r"webhooks\[0\]\.secret: "):
             from_mapping(
-                {"jwt": {"secret": SECRET}, "webhooks": [{"url": "http://x/", "secret_env": "H"}]},
+                {"jwt": {"algorithms": ["HS256"], "secret": SECRET}, "webhooks": [{"url": "http://x/", "secret_env": "H"}]},
                 environ={"H": value}, base_dir=Path("/"),
             )
 

@@ -107,7 +107,9 @@ async def deliver_batch(
             await store.delivery_failed(d.id, d.claim, clock(), retry_at=None, error="webhook no longer configured")
             log.warning("webhooks: event %s for %s is dead: that webhook is no longer configured", d.event_id, d.url)
             return DeliveryReport(dead=1)
-        error = await _attempt(http, hook, d, clock())
+        # Signed with the real time of sending, whatever clock schedules the retries: the
+        # receiver checks webhook-timestamp against its own clock (5 minutes' tolerance).
+        error = await _attempt(http, hook, d, time.time())
         now = clock()
         if error is None:
             await store.delivered(d.id, now)

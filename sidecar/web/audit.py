@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from typing import Any, Final
 
 log = logging.getLogger("sidecar.audit")
@@ -32,6 +33,7 @@ def _text(value: Any) -> str:
 
 
 def record(event: str, **fields: Any) -> None:
-    entry = {"audit": event, **fields}
+    # "time" is the record's own (whole seconds, UTC); the JSON line keeps its own "time" (ms).
+    entry = {"audit": event, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **fields}
     pairs = " ".join(f"{k}={_text(v)}" for k, v in sorted(fields.items()))
     log.info("audit %s %s", event, pairs, extra={FIELDS: entry})
