@@ -237,3 +237,29 @@ async def test_events_off_records_nothing(store: Any) -> None:
     await store.revoke(s.id, NOW + 1, reason=USER, actor="user:alice")
     assert await history(store) == []
     assert await store.claim_deliveries(NOW + 2, limit=10, lease_seconds=30, claim="a") == []
+
+
+async def test_a_change_whose_event_cannot_be_written_is_not_committed(tmp_path: Path) -> None:
+    """One transaction: when the event cannot be written the revocation (and the insert) roll back with it."""
+    import sqlite3
+
+    from sidecar.errors import StoreUnavailableError
+    from sidecar.sessions.sqlite import SqliteStore
+
+    path = tmp_path / "atomic.db"
+    store = SqliteStore(path)
+    await store.open()
+    try:
+        s = stored_session()
+        await store.insert(s)
+        with sqlite3.connect(path) as db:
+            db.execute("ALTER TABLE events RENAME TO events_elsewhere")
+        with pytest.raises(StoreUnavailableError):
+            await store.revoke(s.id, NOW + 1, reason=USER, actor="user:alice")
+        with pytest.raises(StoreUnavailableError):
+            await store.insert(stored_session(user="bob"))
+        row = await store.get(s.id)
+        assert row is not None and row.revoked_at is None
+        assert await store.list_active("bob", NOW) == []
+    finally:
+        await store.close()

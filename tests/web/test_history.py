@@ -135,3 +135,14 @@ async def test_admin_lists_a_users_events_with_the_codes(sidecar: Sidecar) -> No
     assert body["next"] is None
     async with sidecar.admin.get("/admin/v1/users/alice/events") as resp:
         assert resp.status == 401
+
+
+async def test_events_off_leave_the_history_empty(tmp_path: Path, start_sidecar: Any) -> None:
+    """With events.enabled = false sign-ins and logouts record nothing; the history answers an empty page."""
+    sidecar: Sidecar = await start_sidecar(settings_for(tmp_path, events={"enabled": False}))
+    token = mint("alice")
+    other = await sidecar.session_id(mint("alice"))
+    await sidecar.session_id(token)
+    await sidecar.revoke(token, other)
+    body = await history(sidecar, token)
+    assert body["data"] == [] and body["next"] is None
