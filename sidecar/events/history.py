@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from sidecar.events.models import SESSION_CREATED, Event, timestamp
+from sidecar.events.models import Event, timestamp
+from sidecar.events.types import SESSION_CREATED
 from sidecar.sessions.models import ADMIN, ADMIN_USER, IDLE, LIFETIME, LIMIT, LOGOUT, OAUTH2, OTHERS, POLICY_ACTOR, USER
 
 REASONS: Final = {

@@ -16,10 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from sidecar.config import Settings
-from sidecar.events.types import EVENT_TYPES, SESSION_CREATED, SESSION_REVOKED, USER_SESSIONS_REVOKED
+from sidecar.events.types import SESSION_CREATED, SESSION_REVOKED, USER_SESSIONS_REVOKED
 from sidecar.sessions.models import Session
-
-__all__ = ["EVENT_TYPES", "SESSION_CREATED", "SESSION_REVOKED", "USER_SESSIONS_REVOKED"]
 
 # How many of a user's earlier logins the flags of a new one are judged against: bounded,
 # so that registration costs the same for a user with ten thousand logins.

@@ -35,7 +35,6 @@ from sidecar.errors import StoreUnavailableError
 from sidecar.events.models import (
     EVENT_COLUMNS,
     PREVIOUS_LOGINS,
-    SESSION_CREATED,
     Delivery,
     Event,
     EventOptions,
@@ -47,6 +46,7 @@ from sidecar.events.models import (
     revoked_events,
     user_revoked_events,
 )
+from sidecar.events.types import SESSION_CREATED
 from sidecar.sessions.models import (
     IDLE,
     LIFETIME,

@@ -24,7 +24,6 @@ from sidecar.errors import StoreUnavailableError
 from sidecar.events.models import (
     EVENT_COLUMNS,
     PREVIOUS_LOGINS,
-    SESSION_CREATED,
     Delivery,
     Event,
     EventOptions,
@@ -36,6 +35,7 @@ from sidecar.events.models import (
     revoked_events,
     user_revoked_events,
 )
+from sidecar.events.types import SESSION_CREATED
 from sidecar.sessions.models import (
     IDLE,
     LIFETIME,

@@ -12,15 +12,8 @@ from typing import Any
 
 import pytest
 
-from sidecar.events.models import (
-    SESSION_CREATED,
-    SESSION_REVOKED,
-    USER_SESSIONS_REVOKED,
-    Event,
-    EventOptions,
-    Place,
-    Target,
-)
+from sidecar.events.models import Event, EventOptions, Place, Target
+from sidecar.events.types import SESSION_CREATED, SESSION_REVOKED, USER_SESSIONS_REVOKED
 from sidecar.sessions import ListPosition, SessionStore
 from sidecar.sessions.models import ADMIN_USER, IDLE, LIMIT, OTHERS, POLICY_ACTOR, USER, SessionLimit
 from tests.sessions.test_store_contract import BACKENDS, postgres_url  # noqa: F401 (a fixture)
