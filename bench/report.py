@@ -174,6 +174,10 @@ def targets(results: dict[str, Any]) -> list[Target]:
         p = results["policies"]
         what = "cached check req/s, idle + lifetime + limit on ÷ off (issue 15)"
         out.append(Target(what, p["rps_ratio"], ">= 0.95", _x(p["rps_ratio"])))
+    if "webhooks" in results:
+        w = results["webhooks"]
+        what = "cached check req/s, events on with [[webhooks]] ÷ events off (issue 16)"
+        out.append(Target(what, w["rps_ratio"], ">= 0.95", _x(w["rps_ratio"])))
     return out
 
 
@@ -268,6 +272,12 @@ def render(results: dict[str, Any], meta: dict[str, Any], profiles: Sequence[Pro
         p = results["policies"]
         row("8", "sidecar, 1,000 cached tokens, session policies off", p["off"])
         row("8", "the same, idle + lifetime + limit on", p["on"], f"{_x(p['rps_ratio'])} req/s")
+    if "webhooks" in results:
+        w = results["webhooks"]
+        row("9", "sidecar, 1,000 cached tokens, events off", w["off"],
+            f"registration {w['register_us_off']:.0f} µs per session")
+        row("9", "the same, events on with a [[webhooks]] entry", w["on"],
+            f"{_x(w['rps_ratio'])} req/s; registration {w['register_us_on']:.0f} µs per session")
     parts.append(table(
         ["#", "measurement", "req/s", "p50 ms", "p99 ms", "ratio", "busy % server / wrk core", "other procs %"], rows
     ))

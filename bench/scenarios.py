@@ -19,6 +19,7 @@ committed with ``synchronous=FULL`` (an fsync) and is reported on its own row fo
 
 from __future__ import annotations
 
+import base64
 import math
 import statistics
 import time
@@ -139,9 +140,15 @@ class Run:
         return replace(result, gc=gc_delta(before, server.gc_snapshot(), result.requests))
 
     def sidecar(
-        self, name: str, key: SigningKey, database: Path | None = None, *, sessions: Mapping[str, Any] | None = None
+        self,
+        name: str,
+        key: SigningKey,
+        database: Path | None = None,
+        *,
+        sessions: Mapping[str, Any] | None = None,
+        extra: Mapping[str, Any] | None = None,
     ) -> Sidecar:
-        return start_sidecar(self.procs, name, key, database, gc=self.options.gc, sessions=sessions)
+        return start_sidecar(self.procs, name, key, database, gc=self.options.gc, sessions=sessions, extra=extra)
 
     def quietly(self, label: str, timing: Callable[[], float]) -> float:
         """An in-process timing on the server core, again if other processes disturbed it."""
@@ -654,6 +661,44 @@ def policies(run: Run) -> dict[str, Any]:
     }
 
 
+# ---------------------------------------------------------------------------- 8. events and webhooks
+
+# A receiver nobody listens on: the sidecar never calls it (the Celery worker would), so the
+# run measures what configured webhooks cost the sidecar itself.
+WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"bench-webhook-secret-32-bytes-ok").decode()
+
+
+def webhooks(run: Run) -> dict[str, Any]:
+    """The cached check with events on and a [[webhooks]] entry, against events off: two
+    sidecars side by side, interleaved runs; and each one's registration path (1,000 new
+    sessions through the check, 8 at a time), whose cost with events on is an insert of the
+    event and its outbox row in the registration's transaction."""
+    key = SigningKey.generate("HS256")
+    secret = run.workdir / "webhook.secret"
+    secret.write_text(WEBHOOK_SECRET)
+    off = run.sidecar("sidecar-events-off", key, extra={"events": {"enabled": False}})
+    on = run.sidecar(
+        "sidecar-webhooks", key, extra={"webhooks": [{"url": "http://127.0.0.1:9/", "secret_file": str(secret)}]}
+    )
+    started = time.perf_counter()
+    _, pool_off = _registered_pool(run, off, key, "events-off")
+    register_off = (time.perf_counter() - started) / POOL * 1e6
+    started = time.perf_counter()
+    _, pool_on = _registered_pool(run, on, key, "webhooks")
+    register_on = (time.perf_counter() - started) / POOL * 1e6
+    off_result, on_result = run.compare([(off, "/introspect", pool_off), (on, "/introspect", pool_on)])
+    run.procs.stop_all()
+    return {
+        "tokens": POOL,
+        "off": off_result,
+        "on": on_result,
+        "rps_ratio": paired_ratio(off_result, on_result, "rps"),
+        "p99_ratio": paired_ratio(off_result, on_result, "p99_ms"),
+        "register_us_off": round(register_off, 1),
+        "register_us_on": round(register_on, 1),
+    }
+
+
 SCENARIOS: dict[str, Callable[[Run], dict[str, Any]]] = {
     "cached": cached,
     "cold": cold,
@@ -663,4 +708,5 @@ SCENARIOS: dict[str, Callable[[Run], dict[str, Any]]] = {
     "memory": memory,
     "middleware": middleware,
     "policies": policies,
+    "webhooks": webhooks,
 }

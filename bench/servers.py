@@ -134,6 +134,7 @@ def write_config(
     key_file: Path | None,
     *,
     sessions: Mapping[str, Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> Path:
     """The harness's sidecar config, tuned for measuring: no access log, no admin key,
     the sidecar's own leeway and flush interval, room for every stored session."""
@@ -156,6 +157,7 @@ def write_config(
             **(sessions or {}),
         },
         admin={"api_keys": None},  # the admin listener stays off (nothing here registers through it)
+        **(extra or {}),
         logging={"level": "INFO"},
     )
 
@@ -168,6 +170,7 @@ def start_sidecar(
     *,
     gc: bool = False,
     sessions: Mapping[str, Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> Sidecar:
     """``sidecar serve`` with ``key``'s algorithm, on a free port, its own SQLite file;
     with ``gc``, through bench.gcwrap (garbage collections counted)."""
@@ -177,7 +180,9 @@ def start_sidecar(
         key_file = procs.fresh(f"{name}-{key.algorithm.lower()}", ".pem")
         key_file.write_bytes(key.public_pem)
     database = database or procs.fresh(name, ".db")
-    config = write_config(procs.fresh(name, ".toml"), listeners, database, key, key_file, sessions=sessions)
+    config = write_config(
+        procs.fresh(name, ".toml"), listeners, database, key, key_file, sessions=sessions, extra=extra
+    )
     argv = sidecar_argv(config)
     gc_stats = None
     if gc:

@@ -12,7 +12,10 @@ go, and why it is safe (``keep`` = ``jwt.leeway_seconds`` + ``celery.cleanup_gra
   covers a token issued before the revocation that it never saw, which would otherwise
   register afresh in ``auto`` mode once the row is gone (C30);
 - a user's cut-off once it is older than ``lifetime + keep``: every token issued before it
-  has expired by then.
+  has expired by then;
+- an event once it is older than ``events.retention_days`` (the history users read, and
+  what the login flags compare against), and an outbox row once it was delivered, or has
+  been dead, for that long. A pending outbox row is never deleted.
 
 Everything is deleted in batches, each its own short transaction, so checks and API writes
 interleave with a long purge instead of waiting behind it. Deleting is idempotent: two
@@ -38,6 +41,7 @@ class CleanupPolicy:
     keep_seconds: float  # leeway + grace after the last token expiry
     max_token_lifetime_seconds: float  # the longest exp - iat the auth service issues
     batch_size: int
+    event_retention_seconds: float = 90 * 86400.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> CleanupPolicy:
@@ -46,6 +50,7 @@ class CleanupPolicy:
             keep_seconds=settings.jwt.leeway_seconds + c.cleanup_grace_seconds,
             max_token_lifetime_seconds=c.max_token_lifetime_seconds,
             batch_size=c.cleanup_batch_size,
+            event_retention_seconds=settings.events.retention_days * 86400.0,
         )
 
 
@@ -55,9 +60,13 @@ class CleanupReport:
 
     sessions: int
     cutoffs: int
+    events: int = 0
+    deliveries: int = 0
 
     def as_dict(self) -> dict[str, int]:
-        return {"sessions": self.sessions, "cutoffs": self.cutoffs}
+        return {
+            "sessions": self.sessions, "cutoffs": self.cutoffs, "events": self.events, "deliveries": self.deliveries
+        }
 
 
 async def purge_expired(store: SessionStore, *, now: float, policy: CleanupPolicy) -> CleanupReport:
@@ -74,8 +83,18 @@ async def purge_expired(store: SessionStore, *, now: float, policy: CleanupPolic
     cutoffs = 0
     while deleted := await store.purge_cutoffs(dead_before, policy.batch_size):
         cutoffs += deleted
-    report = CleanupReport(sessions, cutoffs)
-    log.info("cleanup: deleted %d expired session(s) and %d old cut-off(s)", sessions, cutoffs)
+    old = now - policy.event_retention_seconds
+    events = 0
+    while deleted := await store.purge_events(old, policy.batch_size):
+        events += deleted
+    deliveries = 0
+    while deleted := await store.purge_deliveries(old, old, policy.batch_size):
+        deliveries += deleted
+    report = CleanupReport(sessions, cutoffs, events, deliveries)
+    log.info(
+        "cleanup: deleted %d expired session(s), %d old cut-off(s), %d old event(s) and %d outbox row(s)",
+        sessions, cutoffs, events, deliveries,
+    )
     return report
 
 

@@ -97,6 +97,19 @@ def summary(settings: Settings, path: str) -> list[str]:
     admin = f"http://{s.admin.host}:{s.admin.port}" if s.admin.enabled else "disabled"
     lines.append(f"  admin       {admin}")
     lines.append(f"  geoip       {s.geoip.database or 'none (locations read Unknown)'}")
+    e = s.events
+    if not e.enabled:
+        lines.append("  events      off (no history, no webhooks)")
+    else:
+        lines.append(
+            f"  events      kept {e.retention_days:g} days; unusual travel above {e.max_travel_kmh:g} km/h"
+            + ("" if s.geoip.database else " (needs a City database in [geoip])")
+        )
+        for w in s.webhooks:
+            kinds = ", ".join(sorted(w.events)) if w.events is not None else "every event"
+            lines.append(f"  webhook     {w.url}: {kinds}; up to {w.max_attempts} attempt(s), then dead")
+        if s.webhooks and s.celery.broker_url is None:
+            lines.append("  webhook     celery.broker_url is not set: no worker will deliver them")
     return lines
 
 

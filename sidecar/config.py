@@ -10,6 +10,8 @@ file system or the environment.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import ipaddress
 import math
@@ -24,6 +26,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from sidecar.capture.places import EVENTS, CaptureRoute, TokenPlace, parse_place
 from sidecar.errors import ConfigError
+from sidecar.events.types import EVENT_TYPES
 from sidecar.routes import POLICIES, Route, parse_route_path
 from sidecar.tokens.algorithms import HMAC_ALGORITHMS, SUPPORTED_ALGORITHMS
 
@@ -195,6 +198,31 @@ class CheckSettings:
 
 
 @dataclass(frozen=True)
+class EventSettings:
+    """Security events (the history and the webhooks) and how the worker delivers them."""
+
+    enabled: bool = True
+    retention_days: float = 90.0  # events, and delivered/dead outbox rows, are purged after this
+    max_travel_kmh: float = 1000.0  # faster than this between two logins: unusual_travel
+    delivery_interval_seconds: float = 5.0  # how often beat runs the delivery task
+    delivery_batch_size: int = 100  # outbox rows one claim takes
+    delivery_lease_seconds: float = 60.0  # a claim not reported within this is due again
+    retry_base_seconds: float = 5.0  # first retry after about this (doubling, with jitter)
+    retry_max_seconds: float = 3600.0  # the longest wait between two attempts
+
+
+@dataclass(frozen=True)
+class WebhookSettings:
+    """One ``[[webhooks]]`` entry: a receiver signed the Standard Webhooks way."""
+
+    url: str
+    secret: bytes = field(repr=False)  # the key the whsec_ secret encodes
+    events: frozenset[str] | None = None  # None: every event type
+    max_attempts: int = 10
+    timeout_seconds: float = 10.0
+
+
+@dataclass(frozen=True)
 class LoggingSettings:
     level: LogLevel = "INFO"
     format: LogFormat = "text"
@@ -212,8 +240,10 @@ class Settings:
     admin: AdminSettings = field(default_factory=AdminSettings)
     check: CheckSettings = field(default_factory=CheckSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
+    events: EventSettings = field(default_factory=EventSettings)
     routes: tuple[Route, ...] = ()
     capture: tuple[CaptureRoute, ...] = ()
+    webhooks: tuple[WebhookSettings, ...] = ()
 
 
 # --------------------------------------------------------------------------- loading
@@ -240,13 +270,14 @@ def from_mapping(
 ) -> Settings:
     """Validate an already parsed TOML document (tests build configs this way too)."""
     sections = {
-        "server", "jwt", "sessions", "storage", "redis", "celery", "geoip", "admin", "logging", "check",
+        "server", "jwt", "sessions", "storage", "redis", "celery", "geoip", "admin", "logging", "check", "events",
     }
+    arrays = {"routes", "capture", "webhooks"}
     for name, value in raw.items():
-        if name in ("routes", "capture"):
-            continue  # arrays of tables, read by _routes and _capture
+        if name in arrays:
+            continue  # arrays of tables, read by _routes, _capture and _webhooks
         if name not in sections:
-            known = ", ".join(sorted(sections | {"routes", "capture"}))
+            known = ", ".join(sorted(sections | arrays))
             raise ConfigError(f"{name}: unknown section (expected one of {known})")
         if not isinstance(value, Mapping):
             raise ConfigError(f"{name}: must be a table")
@@ -262,8 +293,10 @@ def from_mapping(
         admin=_admin(r.section("admin")),
         check=_check(r.section("check")),
         logging=_logging(r.section("logging")),
+        events=_events(r.section("events")),
         routes=_routes(raw.get("routes", []), environ, base_dir),
         capture=_capture(raw.get("capture", []), environ, base_dir),
+        webhooks=_webhooks(raw.get("webhooks", []), environ, base_dir),
     )
     if settings.sessions.registration == "explicit" and not settings.admin.enabled:
         raise ConfigError(
@@ -807,6 +840,88 @@ def _storage(s: _Section) -> StorageSettings:
         statement_timeout_ms=s.integer("statement_timeout_ms", minimum=10, maximum=600_000),
         connect_timeout_seconds=s.number("connect_timeout_seconds", minimum=0.1, maximum=600),
     ))
+
+
+def _events(s: _Section) -> EventSettings:
+    settings = EventSettings(
+        enabled=s.get("enabled", bool),
+        retention_days=s.number("retention_days", minimum=1, maximum=3650),
+        max_travel_kmh=s.number("max_travel_kmh", minimum=1, maximum=1_000_000),
+        delivery_interval_seconds=s.number("delivery_interval_seconds", minimum=0.5, maximum=3600),
+        delivery_batch_size=s.integer("delivery_batch_size", minimum=1, maximum=10_000),
+        delivery_lease_seconds=s.number("delivery_lease_seconds", minimum=1, maximum=86400),
+        retry_base_seconds=s.number("retry_base_seconds", minimum=0.1, maximum=86400),
+        retry_max_seconds=s.number("retry_max_seconds", minimum=1, maximum=7 * 86400),
+    )
+    if settings.retry_max_seconds < settings.retry_base_seconds:
+        raise ConfigError("events.retry_max_seconds: must be at least events.retry_base_seconds")
+    return _finish(s, settings)
+
+
+_WHSEC_PREFIX = "whsec_"
+# The Standard Webhooks spec: secrets of 24 to 64 random bytes, base64 after "whsec_".
+_MIN_WEBHOOK_SECRET = 24
+_MAX_WEBHOOK_SECRET = 64
+
+
+def _webhook_secret(name: str, text: str | None) -> bytes:
+    if text is None:
+        raise ConfigError(f"{name}.secret_env: required (or secret_file): the receiver's whsec_... secret")
+    if not text.startswith(_WHSEC_PREFIX):
+        raise ConfigError(f"{name}.secret: must be a Standard Webhooks secret, whsec_<base64>")
+    try:
+        key = base64.b64decode(text[len(_WHSEC_PREFIX):], validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise ConfigError(f"{name}.secret: the part after whsec_ is not base64") from e
+    if not _MIN_WEBHOOK_SECRET <= len(key) <= _MAX_WEBHOOK_SECRET:
+        raise ConfigError(
+            f"{name}.secret: must encode {_MIN_WEBHOOK_SECRET}-{_MAX_WEBHOOK_SECRET} bytes, got {len(key)}"
+        )
+    return key
+
+
+def _webhooks(raw: Any, environ: Mapping[str, str], base: Path) -> tuple[WebhookSettings, ...]:
+    """``[[webhooks]]``: url, secret_env or secret_file (whsec_...), events, max_attempts, timeout_seconds."""
+    if not isinstance(raw, list):
+        raise ConfigError("webhooks: must be an array of tables ([[webhooks]] entries)")
+    out: list[WebhookSettings] = []
+    seen: set[str] = set()
+    for i, item in enumerate(raw):
+        name = f"webhooks[{i}]"
+        if not isinstance(item, Mapping):
+            raise ConfigError(f"{name}: must be a table")
+        s = _Section(name, item, environ, base)
+        if "url" not in item:
+            raise ConfigError(f"{name}.url: required")
+        url = s.get("url", str, "")
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname or not url.isascii() or not url.isprintable():
+            raise ConfigError(f"{name}.url: must be an http(s):// URL, got {url!r}")
+        if url in seen:
+            raise ConfigError(f"{name}.url: {url} is listed twice")
+        seen.add(url)
+        if "secret" in item:
+            raise ConfigError(f"{name}.secret: keep webhook secrets out of the file: use secret_env or secret_file")
+        key = _webhook_secret(name, s.secret("secret"))
+        types: frozenset[str] | None = None
+        if "events" in item:
+            listed = s.str_list("events")
+            if not listed:
+                raise ConfigError(f"{name}.events: list at least one event type, or leave the key out for all")
+            for t in listed:
+                if t not in EVENT_TYPES:
+                    raise ConfigError(f"{name}.events: {t!r} is not one of {', '.join(EVENT_TYPES)}")
+            types = frozenset(listed)
+        hook = WebhookSettings(
+            url=url,
+            secret=key,
+            events=types,
+            max_attempts=s.integer("max_attempts", 10, minimum=1, maximum=100),
+            timeout_seconds=s.number("timeout_seconds", 10.0, minimum=0.1, maximum=300),
+        )
+        s.finish()
+        out.append(hook)
+    return tuple(out)
 
 
 def _redis(s: _Section) -> RedisSettings:

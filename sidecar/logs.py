@@ -44,6 +44,10 @@ class JsonFormatter(logging.Formatter):
         rid = getattr(record, "request_id", None)
         if rid is not None:
             entry["request_id"] = rid
+        fields = getattr(record, "audit", None)  # sidecar.web.audit: a structured record
+        if isinstance(fields, dict):
+            for k, v in fields.items():
+                entry.setdefault(k, v)  # never over the line's own time, level, logger, message
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)

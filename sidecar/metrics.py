@@ -147,6 +147,13 @@ class Metrics:
             "Active (unrevoked, unexpired) sessions in the store, counted every SESSIONS_COUNT_SECONDS.",
             registry=self.registry,
         )
+        self.webhook_outbox = Gauge(
+            "sidecar_webhook_outbox",
+            "Undelivered webhook outbox rows in the store, by state: pending (to be tried) and dead "
+            "(every attempt failed: [[webhooks]].max_attempts), counted every SESSIONS_COUNT_SECONDS.",
+            ["state"],
+            registry=self.registry,
+        )
         self.rate_limited = Counter(
             "sidecar_api_rate_limited",
             "Sessions API requests refused with 429.",

@@ -11,8 +11,11 @@ broker, the queue and the schedule from the same file ``sidecar serve`` reads. A
 missing config stops the worker (or beat) with one ``sidecar: error: KEY: ...`` line and exit
 status 2, like ``sidecar`` itself.
 
-The task is thin: it runs ``sidecar.cleanup.run_cleanup``, exactly what
+The tasks are thin: ``cleanup`` runs ``sidecar.cleanup.run_cleanup``, exactly what
 ``sidecar cleanup`` runs, which logs one line with the counts; the task returns them too.
+``deliver_webhooks`` (scheduled only when ``[[webhooks]]`` are configured) runs
+``sidecar.events.delivery.run_delivery``: the outbox in the store is the queue, the task
+only says "now".
 """
 
 from __future__ import annotations
@@ -29,9 +32,11 @@ from celery import Celery
 from sidecar.cleanup import run_cleanup
 from sidecar.config import Settings, load
 from sidecar.errors import ConfigError
+from sidecar.events.delivery import run_delivery
 
 CONFIG_ENV = "SIDECAR_CONFIG"
 CLEANUP_TASK = "sidecar.cleanup"
+DELIVERY_TASK = "sidecar.deliver_webhooks"
 EXIT_CONFIG = 2  # as ``sidecar`` itself exits on a configuration problem
 
 
@@ -67,6 +72,20 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
 def celery_config(settings: Settings) -> dict[str, Any]:
     """The Celery settings derived from the sidecar config."""
     c = settings.celery
+    schedule: dict[str, Any] = {
+        "sidecar-cleanup": {
+            "task": CLEANUP_TASK,
+            "schedule": c.cleanup_interval_seconds,
+            # With beat and workers apart, a worker that was down does not run a
+            # backlog of stale runs when it comes back: one fresh run is enough.
+            "options": {"expires": c.cleanup_interval_seconds},
+        },
+    }
+    if settings.webhooks and settings.events.enabled:
+        interval = settings.events.delivery_interval_seconds
+        # The outbox is the queue: a run that expired unrun loses nothing, the next one
+        # claims what is due.
+        schedule["sidecar-webhooks"] = {"task": DELIVERY_TASK, "schedule": interval, "options": {"expires": interval}}
     return {
         "broker_url": c.broker_url,
         # A broker that is down (at start or later) is retried for ever, with back-off,
@@ -81,15 +100,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_ignore_result": True,
         "enable_utc": True,
         "timezone": "UTC",
-        "beat_schedule": {
-            "sidecar-cleanup": {
-                "task": CLEANUP_TASK,
-                "schedule": c.cleanup_interval_seconds,
-                # With beat and workers apart, a worker that was down does not run a
-                # backlog of stale runs when it comes back: one fresh run is enough.
-                "options": {"expires": c.cleanup_interval_seconds},
-            },
-        },
+        "beat_schedule": schedule,
     }
 
 
@@ -121,4 +132,11 @@ app = SidecarCelery()
 def cleanup() -> dict[str, int]:
     """Delete expired sessions and old cut-offs once; return the counts."""
     report = asyncio.run(run_cleanup(app.sidecar_settings))
+    return report.as_dict()
+
+
+@app.task(name=DELIVERY_TASK)  # type: ignore[untyped-decorator]
+def deliver_webhooks() -> dict[str, int]:
+    """Deliver the due webhook outbox rows (claimed in batches); return the counts."""
+    report = asyncio.run(run_delivery(app.sidecar_settings))
     return report.as_dict()

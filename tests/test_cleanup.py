@@ -304,3 +304,24 @@ async def test_checks_keep_answering_while_100k_rows_are_purged(start_sidecar: A
     assert {status for _, status in answers} == {200}
     assert not any(k.startswith("sid:bulk-") for k in keys_in(db_path))
     assert len(keys_in(db_path)) == len(answers)  # every registered session is still there
+
+
+# --------------------------------------------------------------------- events and the outbox
+
+
+async def test_events_past_retention_and_finished_outbox_rows_go_in_batches(tmp_path: Path) -> None:
+    """Cleanup deletes events older than the retention and delivered outbox rows that old; pending rows stay."""
+    from sidecar.events.models import EventOptions, Target
+
+    policy = CleanupPolicy(keep_seconds=60.0, max_token_lifetime_seconds=DAY, batch_size=3, event_retention_seconds=DAY)
+    store = SqliteStore(tmp_path / "events.db", events=EventOptions(targets=(Target("http://127.0.0.1:9/"),)))
+    async with opened(store):
+        for i in range(5):
+            await store.insert(stored_session(f"old-{i}", created=NOW - 2 * DAY, expires=NOW + DAY))
+        await store.insert(stored_session("new", created=NOW - 10, expires=NOW + DAY))
+        for d in await store.claim_deliveries(NOW - 2 * DAY, limit=4, lease_seconds=60, claim="w"):
+            await store.delivered(d.id, NOW - 2 * DAY)
+        report = await purge_expired(store, now=NOW, policy=policy)
+        assert (report.events, report.deliveries) == (5, 4)
+        assert [e.user_id for e in await store.list_events("new", limit=10)] == ["new"]
+        assert (await store.outbox_counts()).pending == 2  # one old undelivered, the new one

@@ -316,3 +316,28 @@ async def test_json_logs_carry_the_request_id_and_never_a_token(tmp_path: Path) 
     assert [e.get("request_id") for e in denies] == ["req-123", "invalid"]
     assert all({"time", "level", "logger", "message"} <= e.keys() for e in entries)
     assert expired not in log.read_text()
+
+
+async def test_json_logs_write_the_audit_record_as_fields(tmp_path: Path) -> None:
+    """logging.format = "json": a revocation's audit line carries its fields as fields of the line,
+    not as a JSON string inside message."""
+    from tests.support.sidecar import run_sidecar
+    from tests.support.tokens import bearer, mint
+
+    with run_sidecar(tmp_path, logging={"format": "json"}) as process:
+        token = mint("alice")
+        async with aiohttp.ClientSession() as http:
+            async with http.get(process.check_url + "/introspect", headers=bearer(token)) as resp:
+                session = resp.headers["X-Auth-Session"]
+            async with http.delete(f"{process.url}/api/v1/sessions/{session}/", headers=bearer(token)) as resp:
+                assert resp.status == 204
+        deadline = time.monotonic() + 10
+        while '"sidecar.audit"' not in process.service.log.read_text():
+            assert time.monotonic() < deadline, process.service.log_tail()
+            await asyncio.sleep(0.05)
+    entries = [json.loads(line) for line in process.service.log.read_text().splitlines() if line.startswith("{")]
+    [audit] = [e for e in entries if e["logger"] == "sidecar.audit"]
+    assert audit["audit"] == "session.revoked" and audit["api"] == "sessions" and audit["reason"] == "user"
+    assert audit["user"] == "alice" and audit["session"] == session and audit["actor_session"] == session
+    assert audit["message"].startswith("audit session.revoked ") and not audit["message"].startswith("{")
+    assert token not in process.service.log.read_text()

@@ -57,6 +57,7 @@ def test_example_config_documents_every_key() -> None:
             "routes": ("path =", "methods =", "policy ="),
             "capture": ("path =", "event =", "upstream =", "access_token =", "refresh_token =",
                         "timeout_seconds =", "max_body_bytes ="),
+            "webhooks": ("url =", "secret_env =", "secret_file", "events =", "max_attempts =", "timeout_seconds ="),
         }
         if section.name in arrays:  # arrays of tables, their keys documented in the example
             for key in arrays[section.name]:
@@ -308,3 +309,73 @@ def test_session_policies_refused(tmp_path: Path, sessions: dict[str, Any], mess
 def test_idle_timeout_at_the_bound_is_accepted(tmp_path: Path) -> None:
     """An idle timeout equal to last_seen_flush_seconds + 1 is accepted."""
     assert build(tmp_path, {"sessions": {"idle_timeout_seconds": 6}}).sessions.idle_timeout_seconds == 6
+
+
+# --------------------------------------------------------------------- [events] and [[webhooks]]
+
+_WHSEC = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSwMfKQ9r8GKYqr"  # 33 bytes after base64
+
+
+def _hooks(*entries: dict[str, Any], events: dict[str, Any] | None = None) -> Any:
+    raw: dict[str, Any] = {"jwt": {"algorithms": ["HS256"], "secret": SECRET}, "webhooks": list(entries)}
+    if events is not None:
+        raw["events"] = events
+    return from_mapping(raw, environ={"HOOK": _WHSEC, "SHORT": "whsec_c2hvcnQ="}, base_dir=Path("/"))
+
+
+def test_webhooks_read_url_secret_filter_and_attempts(tmp_path: Path) -> None:
+    """A [[webhooks]] entry gives its URL, the key its whsec_ secret encodes, its event filter and attempts."""
+    (tmp_path / "hook.secret").write_text(_WHSEC + "\n")
+    raw = {
+        "jwt": {"algorithms": ["HS256"], "secret": SECRET},
+        "webhooks": [
+            {"url": "https://hooks.example.com/a", "secret_env": "HOOK", "events": ["session.revoked"], "max_attempts": 3},
+            {"url": "http://127.0.0.1:9000/b", "secret_file": "hook.secret"},
+        ],
+    }
+    settings = from_mapping(raw, environ={"HOOK": _WHSEC}, base_dir=tmp_path)
+    a, b = settings.webhooks
+    assert a.events == frozenset({"session.revoked"}) and a.max_attempts == 3 and a.timeout_seconds == 10
+    assert b.events is None and b.max_attempts == 10 and a.secret == b.secret and len(a.secret) == 33
+    assert _WHSEC not in repr(settings) and repr(a.secret) not in repr(settings)
+    assert settings.events.retention_days == 90 and settings.events.max_travel_kmh == 1000
+
+
+@pytest.mark.parametrize(
+    ("entry", "expected"),
+    [
+        ({"secret_env": "HOOK"}, "webhooks[0].url: required"),
+        ({"url": "ftp://x/", "secret_env": "HOOK"}, "webhooks[0].url: must be an http(s):// URL"),
+        ({"url": "http://x/"}, "webhooks[0].secret_env: required"),
+        ({"url": "http://x/", "secret": _WHSEC}, "webhooks[0].secret: keep webhook secrets out of the file"),
+        ({"url": "http://x/", "secret_env": "NOPE"}, "webhooks[0].secret_env: environment variable NOPE is not set"),
+        ({"url": "http://x/", "secret_env": "SHORT"}, "webhooks[0].secret: must encode 24-64 bytes, got 5"),
+        ({"url": "http://x/", "secret_env": "HOOK", "events": ["session.nope"]}, "webhooks[0].events: 'session.nope'"),
+        ({"url": "http://x/", "secret_env": "HOOK", "events": []}, "webhooks[0].events: list at least one"),
+        ({"url": "http://x/", "secret_env": "HOOK", "max_attempts": 0}, "webhooks[0].max_attempts: must be between"),
+        ({"url": "http://x/", "secret_env": "HOOK", "bogus": 1}, "webhooks[0].bogus: unknown key"),
+    ],
+)
+def test_bad_webhooks_stop_start_up_with_one_line(entry: dict[str, Any], expected: str) -> None:
+    """Each malformed [[webhooks]] entry is refused with a line naming the key."""
+    with pytest.raises(ConfigError) as info:
+        _hooks(entry)
+    assert str(info.value).startswith(expected), str(info.value)
+
+
+def test_a_secret_that_is_not_whsec_base64_is_refused() -> None:
+    """A secret without the whsec_ prefix, or not base64 after it, is refused."""
+    for value in ("0123456789abcdef0123456789abcdef", "whsec_not*base64!"):
+        with pytest.raises(ConfigError, match=r"webhooks\[0\]\.secret: "):
+            from_mapping(
+                {"jwt": {"algorithms": ["HS256"], "secret": SECRET}, "webhooks": [{"url": "http://x/", "secret_env": "H"}]},
+                environ={"H": value}, base_dir=Path("/"),
+            )
+
+
+def test_events_bounds_are_checked() -> None:
+    """[events] keys are bounded; retry_max_seconds may not be below retry_base_seconds."""
+    with pytest.raises(ConfigError, match=r"^events\.retry_max_seconds: must be at least"):
+        _hooks(events={"retry_base_seconds": 100, "retry_max_seconds": 10})
+    with pytest.raises(ConfigError, match=r"^events\.retention_days: must be between"):
+        _hooks(events={"retention_days": 0})

@@ -18,6 +18,7 @@ import geoip2.models
 import maxminddb
 
 from sidecar.enrich.client_ip import IPAddress
+from sidecar.events.models import NOWHERE, Place
 
 UNKNOWN_LOCATION = "Unknown"
 PRIVATE_NETWORK = "Private network"
@@ -77,6 +78,25 @@ class GeoLocator:
         city = record.city.name if isinstance(record, geoip2.models.City) else None
         country = record.country.name
         return _label(city, country)
+
+    def place(self, ip: IPAddress | None) -> Place:
+        """The country code and coordinates of a public address, as far as the database
+        knows (what the login flags compare); ``NOWHERE`` otherwise. Never raises."""
+        if ip is None or self._lookup is None:
+            return NOWHERE
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        if ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_unspecified:
+            return NOWHERE
+        try:
+            record = self._lookup(ip)
+        except Exception:  # not found, corrupt data, closed reader
+            return NOWHERE
+        country = record.country.iso_code
+        lat = lon = None
+        if isinstance(record, geoip2.models.City):
+            lat, lon = record.location.latitude, record.location.longitude
+        return Place(country if isinstance(country, str) else None, lat, lon)
 
     def close(self) -> None:
         """Close the database; later lookups answer "Unknown". Safe to call twice."""

@@ -32,6 +32,21 @@ from urllib.parse import unquote, urlsplit
 import asyncpg
 
 from sidecar.errors import StoreUnavailableError
+from sidecar.events.models import (
+    EVENT_COLUMNS,
+    PREVIOUS_LOGINS,
+    Delivery,
+    Event,
+    EventOptions,
+    OutboxCounts,
+    Place,
+    created_event,
+    event_of,
+    outbox_rows,
+    revoked_events,
+    user_revoked_events,
+)
+from sidecar.events.types import SESSION_CREATED
 from sidecar.sessions.models import (
     IDLE,
     LIFETIME,
@@ -177,6 +192,43 @@ MIGRATIONS: Final[tuple[tuple[int, tuple[str, ...]], ...]] = (
             "CREATE INDEX sessions_unrevoked_by_created ON sessions (created_at) WHERE revoked_at IS NULL",
         ),
     ),
+    (
+        5,
+        (
+            # Security events and the webhook outbox (see sqlite.py's step 5).
+            """
+            CREATE TABLE events (
+                id          TEXT COLLATE "C" PRIMARY KEY,
+                type        TEXT NOT NULL,
+                user_id     TEXT COLLATE "C" NOT NULL,
+                session_id  TEXT COLLATE "C",
+                occurred_at DOUBLE PRECISION NOT NULL,
+                data        TEXT NOT NULL
+            )
+            """,
+            "CREATE INDEX events_by_user ON events (user_id, occurred_at)",
+            "CREATE INDEX events_by_time ON events (occurred_at)",
+            """
+            CREATE TABLE webhook_outbox (
+                id              BIGSERIAL PRIMARY KEY,
+                event_id        TEXT COLLATE "C" NOT NULL,
+                url             TEXT NOT NULL,
+                payload         TEXT NOT NULL,
+                created_at      DOUBLE PRECISION NOT NULL,
+                attempts        INTEGER NOT NULL DEFAULT 0,
+                next_attempt_at DOUBLE PRECISION NOT NULL,
+                claimed_until   DOUBLE PRECISION,
+                claim           TEXT,
+                delivered_at    DOUBLE PRECISION,
+                dead_at         DOUBLE PRECISION,
+                last_error      TEXT
+            )
+            """,
+            "CREATE INDEX webhook_outbox_due ON webhook_outbox (next_attempt_at) "
+            "WHERE delivered_at IS NULL AND dead_at IS NULL",
+            "CREATE INDEX webhook_outbox_delivered ON webhook_outbox (delivered_at) WHERE delivered_at IS NOT NULL",
+        ),
+    ),
 )
 SCHEMA_VERSION: Final = MIGRATIONS[-1][0]
 
@@ -228,8 +280,10 @@ class PostgresStore:
         pool_max_size: int = 10,
         statement_timeout_ms: int = 5000,
         connect_timeout_seconds: float = 5.0,
+        events: EventOptions | None = None,
     ) -> None:
         self._dsn = dsn
+        self.events = events or EventOptions()
         self._secrets = _passwords(dsn)
         self.where = describe_dsn(dsn)
         self.pool_min_size = pool_min_size
@@ -394,7 +448,9 @@ class PostgresStore:
                 [(k, session_id) for k in keys],
             )
 
-    async def insert(self, session: Session) -> tuple[Session, bool]:
+    async def insert(self, session: Session, *, place: Place | None = None) -> tuple[Session, bool]:
+        if self.events.enabled:
+            return await self._insert_with_event(session, place)
         async with self._acquire("insert") as db:
             # A key bound to a session (a token learned at issue) is that session's.
             bound = await db.fetchrow(
@@ -419,7 +475,65 @@ class PostgresStore:
                 # The holder of the key was purged in between: try the insert again.
         raise StoreUnavailableError("session key kept changing during insert")
 
-    async def admit(self, session: Session, limit: SessionLimit) -> Admission:
+    async def _insert_with_event(self, session: Session, place: Place | None) -> tuple[Session, bool]:
+        """``insert`` with its session.created event in one transaction: the insert and the
+        event commit together or not at all."""
+        for _ in range(_INSERT_ATTEMPTS):
+            async with self._transaction("insert") as db:
+                bound = await db.fetchrow(
+                    f"SELECT {ALIASED} FROM session_aliases a JOIN sessions s ON s.id = a.session_id "  # noqa: S608
+                    "WHERE a.alias_key = $1",
+                    session.session_key,
+                )
+                if bound is not None:
+                    return session_of(bound), False
+                row = await db.fetchrow(_INSERT, *_values(session))
+                if row is not None:
+                    stored = session_of(row)
+                    await self._created(db, stored, place)
+                    return stored, True
+            # The conflicting insert has committed (ON CONFLICT waited for it): read it.
+            existing = await self._fetch(f"SELECT {COLUMNS} FROM sessions WHERE session_key = $1", session.session_key)  # noqa: S608
+            if existing:
+                return session_of(existing[0]), False
+        raise StoreUnavailableError("session key kept changing during insert")
+
+    # ------------------------------------------------------------------ events (same transaction)
+
+    async def _created(self, db: _Connection, s: Session, place: Place | None) -> None:
+        if not self.events.enabled:
+            return
+        rows = await db.fetch(
+            f"SELECT {EVENT_COLUMNS} FROM events WHERE user_id = $1 AND occurred_at >= $2 AND type = $3 "  # noqa: S608
+            "ORDER BY occurred_at DESC LIMIT $4",
+            s.user_id, s.created_at - self.events.history_seconds, SESSION_CREATED, PREVIOUS_LOGINS,
+        )
+        await self._record(db, [created_event(s, place or Place(), [event_of(tuple(r)) for r in rows], self.events)])
+
+    async def _record(self, db: _Connection, events: Sequence[Event]) -> None:
+        """Write events, and their outbox rows for the webhooks that want them."""
+        if not events or not self.events.enabled:
+            return
+        await db.executemany(
+            f"INSERT INTO events ({EVENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6)",  # noqa: S608 (constant columns)
+            [(e.id, e.type, e.user_id, e.session_id, e.occurred_at, e.json_data()) for e in events],
+        )
+        rows = outbox_rows(events, self.events.targets)
+        if rows:
+            await db.executemany(
+                "INSERT INTO webhook_outbox (event_id, url, payload, created_at, next_attempt_at) "
+                "VALUES ($1, $2, $3, $4, $4)",
+                rows,
+            )
+
+    @staticmethod
+    async def _session_in(db: _Connection, session_id: str | None) -> Session | None:
+        if session_id is None:
+            return None
+        row = await db.fetchrow(f"SELECT {COLUMNS} FROM sessions WHERE id = $1", session_id)  # noqa: S608
+        return session_of(row) if row is not None else None
+
+    async def admit(self, session: Session, limit: SessionLimit, *, place: Place | None = None) -> Admission:
         try:
             async with self._transaction("admit") as db:
                 # Holds this user (every process on the database) until COMMIT, so counting
@@ -451,6 +565,7 @@ class PostgresStore:
                         "WHERE id = $5",
                         [(limit.now, s.revoked_reason, s.revoked_by, revision, s.id) for s in revoked],
                     )
+                    await self._record(db, revoked_events(revoked))
                 if refused:
                     return Admission(None, False, tuple(revoked))
                 row = await db.fetchrow(_INSERT, *_values(session))
@@ -458,7 +573,9 @@ class PostgresStore:
                     # Another user's token took this key since the read above (that user's lock,
                     # not ours): undo what this call revoked and answer with the holder.
                     raise _HeldByAnotherUserError
-                return Admission(session_of(row), True, tuple(revoked))
+                stored = session_of(row)
+                await self._created(db, stored, place)
+                return Admission(stored, True, tuple(revoked))
         except _HeldByAnotherUserError:
             existing = await self.get_by_key(session.session_key)
             if existing is None:
@@ -513,6 +630,7 @@ class PostgresStore:
         reason: str = USER,
         actor: str | None = None,
         seen_before: float | None = None,
+        actor_session: str | None = None,
     ) -> Session | None:
         async with self._transaction("revoke") as db:
             # FOR UPDATE: a concurrent revoke of this row waits here, then reads it revoked
@@ -529,7 +647,9 @@ class PostgresStore:
                 "WHERE id = $1",
                 session_id, now, reason, actor, await self._next_revision(db),
             )
-        return replace(current, revoked_at=now, revoked_reason=reason, revoked_by=actor)
+            revoked = replace(current, revoked_at=now, revoked_reason=reason, revoked_by=actor)
+            await self._record(db, revoked_events([revoked], await self._session_in(db, actor_session)))
+        return revoked
 
     async def revoke_stale(
         self, now: float, *, seen_before: float | None, created_before: float | None, limit: int
@@ -558,6 +678,7 @@ class PostgresStore:
                 "WHERE id = $5",
                 [(now, s.revoked_reason, s.revoked_by, revision, s.id) for s in found.values()],
             )
+            await self._record(db, revoked_events(list(found.values())))
         return list(found.values())
 
     async def revoke_user(
@@ -568,6 +689,7 @@ class PostgresStore:
         *,
         reason: str = OTHERS,
         actor: str | None = None,
+        actor_session: str | None = None,
     ) -> list[Session]:
         async with self._transaction("revoke_user") as db:
             rows = [
@@ -598,7 +720,11 @@ class PostgresStore:
                 "WHERE excluded.cutoff_at >= user_cutoffs.cutoff_at",
                 user_id, now, keep_session_key, revision,
             )
-        return [replace(s, revoked_at=now, revoked_reason=reason, revoked_by=actor) for s in rows]
+            revoked = [replace(s, revoked_at=now, revoked_reason=reason, revoked_by=actor) for s in rows]
+            acting = await self._session_in(db, actor_session)
+            told = user_revoked_events(user_id, now, revoked, reason=reason, actor=actor, acting=acting)
+            await self._record(db, told)
+        return revoked
 
     async def current_revision(self) -> int:
         async with self._acquire("read") as conn:
@@ -680,6 +806,82 @@ class PostgresStore:
                 "DELETE FROM user_cutoffs WHERE user_id IN (SELECT user_id FROM user_cutoffs "
                 "WHERE cutoff_at < $1 LIMIT $2 FOR UPDATE SKIP LOCKED)",
                 before, limit,
+            )
+        return _affected(status)
+
+    # ------------------------------------------------------------------ events: history, outbox, retention
+
+    async def list_events(self, user_id: str, *, limit: int, before: ListPosition | None = None) -> list[Event]:
+        if before is None:
+            rows = await self._fetch(
+                f"SELECT {EVENT_COLUMNS} FROM events WHERE user_id = $1 "  # noqa: S608
+                "ORDER BY occurred_at DESC, id LIMIT $2",
+                user_id, limit,
+            )
+        else:
+            rows = await self._fetch(
+                f"SELECT {EVENT_COLUMNS} FROM events WHERE user_id = $1 "  # noqa: S608
+                "AND occurred_at <= $2 AND (occurred_at < $2 OR id > $3) "
+                "ORDER BY occurred_at DESC, id LIMIT $4",
+                user_id, before.created_at, before.id, limit,
+            )
+        return [event_of(tuple(r)) for r in rows]
+
+    async def claim_deliveries(self, now: float, *, limit: int, lease_seconds: float, claim: str) -> list[Delivery]:
+        # One statement: FOR UPDATE SKIP LOCKED hands each due row to one claimer (a
+        # concurrent claim takes other rows, never waits), and the UPDATE's lease keeps it
+        # from the next claim until delivered, failed, or the lease ends (a killed worker).
+        async with self._acquire("claim") as db:
+            rows = await db.fetch(
+                "UPDATE webhook_outbox SET claimed_until = $2, claim = $3, attempts = attempts + 1 "
+                "WHERE id IN (SELECT id FROM webhook_outbox WHERE delivered_at IS NULL AND dead_at IS NULL "
+                "AND next_attempt_at <= $1 AND (claimed_until IS NULL OR claimed_until <= $1) "
+                "ORDER BY next_attempt_at, id LIMIT $4 FOR UPDATE SKIP LOCKED) "
+                "RETURNING id, event_id, url, payload, attempts, claim",
+                now, now + lease_seconds, claim, limit,
+            )
+        return sorted((Delivery(int(r[0]), r[1], r[2], r[3], int(r[4]), r[5]) for r in rows), key=lambda d: d.id)
+
+    async def delivered(self, delivery_id: int, now: float) -> None:
+        async with self._acquire("delivered") as db:
+            await db.execute(
+                "UPDATE webhook_outbox SET delivered_at = COALESCE(delivered_at, $2), claimed_until = NULL, "
+                "last_error = NULL WHERE id = $1",
+                delivery_id, now,
+            )
+
+    async def delivery_failed(
+        self, delivery_id: int, claim: str, now: float, *, retry_at: float | None, error: str
+    ) -> None:
+        async with self._acquire("delivery_failed") as db:
+            await db.execute(
+                "UPDATE webhook_outbox SET claimed_until = NULL, last_error = $4, "
+                "next_attempt_at = COALESCE($5::double precision, next_attempt_at), "
+                "dead_at = CASE WHEN $5::double precision IS NULL THEN $3::double precision ELSE NULL END "
+                "WHERE id = $1 AND claim = $2 AND delivered_at IS NULL",
+                delivery_id, claim, now, error[:500], retry_at,
+            )
+
+    async def outbox_counts(self) -> OutboxCounts:
+        rows = await self._fetch(
+            "SELECT COUNT(*) FILTER (WHERE dead_at IS NULL), COUNT(*) FILTER (WHERE dead_at IS NOT NULL) "
+            "FROM webhook_outbox WHERE delivered_at IS NULL"
+        )
+        return OutboxCounts(int(rows[0][0] or 0), int(rows[0][1] or 0))
+
+    async def purge_events(self, before: float, limit: int) -> int:
+        async with self._acquire("purge") as db:
+            status = await db.execute(
+                "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE occurred_at < $1 LIMIT $2)", before, limit
+            )
+        return _affected(status)
+
+    async def purge_deliveries(self, delivered_before: float, dead_before: float, limit: int) -> int:
+        async with self._acquire("purge") as db:
+            status = await db.execute(
+                "DELETE FROM webhook_outbox WHERE id IN (SELECT id FROM webhook_outbox "
+                "WHERE delivered_at < $1 OR dead_at < $2 LIMIT $3 FOR UPDATE SKIP LOCKED)",
+                delivered_before, dead_before, limit,
             )
         return _affected(status)
 

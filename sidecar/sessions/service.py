@@ -34,6 +34,7 @@ from sidecar.clock import Clock
 from sidecar.config import OnSessionLimit, Registration
 from sidecar.enrich.client_ip import ClientInfo, IPAddress
 from sidecar.errors import SessionRejectedError, StoreUnavailableError
+from sidecar.events.models import NOWHERE, Event, Place
 from sidecar.lru import LRU
 from sidecar.sessions.models import (
     IDLE,
@@ -69,6 +70,14 @@ class SessionPage:
     """One page of a user's active sessions, and where the next one starts (None: last page)."""
 
     sessions: tuple[Session, ...]
+    next: ListPosition | None
+
+
+@dataclass(frozen=True, slots=True)
+class EventPage:
+    """One page of a user's events, newest first, and where the next one starts (None: last)."""
+
+    events: tuple[Event, ...]
     next: ListPosition | None
 
 
@@ -126,8 +135,10 @@ class SessionService:
         max_lifetime: float = 0.0,
         max_sessions: int = 0,
         on_session_limit: OnSessionLimit = "refuse_new",
+        place: Callable[[IPAddress | None], Place] | None = None,
     ) -> None:
         self.store = store
+        self._place = place or (lambda ip: NOWHERE)
         self._clock = clock
         self._registration = registration
         self._describe_device = describe_device
@@ -601,10 +612,11 @@ class SessionService:
             device=self._describe_device(client.user_agent),
             location=self._locate(client.ip),
         )
+        place = self._place(client.ip)
         for _ in range(_LOAD_ATTEMPTS):
             generation = self._generation
             if self._max_sessions:
-                admission = await self.store.admit(candidate, self._limit(now))
+                admission = await self.store.admit(candidate, self._limit(now), place=place)
                 raced = generation != self._generation
                 if admission.revoked:  # committed: memory, others and the counters learn of them
                     self._apply_own(admission.revoked)
@@ -614,7 +626,7 @@ class SessionService:
                     raise SessionRejectedError(SESSION_LIMIT)
                 row, created = admission.session, admission.created
             else:
-                row, created = await self.store.insert(candidate)
+                row, created = await self.store.insert(candidate, place=place)
                 raced = generation != self._generation
             if not raced:
                 if created:
@@ -737,7 +749,13 @@ class SessionService:
     # ------------------------------------------------------------------ revoking
 
     async def revoke(
-        self, session_id: str, user_id: str | None, *, reason: str = USER, actor: str | None = None
+        self,
+        session_id: str,
+        user_id: str | None,
+        *,
+        reason: str = USER,
+        actor: str | None = None,
+        actor_session: str | None = None,
     ) -> Session | None:
         """Revoke one session (of ``user_id`` when given), recording why and by whom. None:
         no such session for them.
@@ -750,7 +768,7 @@ class SessionService:
         if existing is None or (user_id is not None and existing.user_id != user_id):
             return None
         now = self._clock.wall()
-        row = await self.store.revoke(session_id, now, reason=reason, actor=actor)
+        row = await self.store.revoke(session_id, now, reason=reason, actor=actor, actor_session=actor_session)
         if row is None:  # deleted by cleanup in between: nothing left to refuse
             return existing
         self._remember(row.session_key, self._state_of(row), overwrite=True)
@@ -761,12 +779,21 @@ class SessionService:
         return row
 
     async def revoke_user(
-        self, user_id: str, keep_session_key: str | None, *, reason: str = OTHERS, actor: str | None = None
+        self,
+        user_id: str,
+        keep_session_key: str | None,
+        *,
+        reason: str = OTHERS,
+        actor: str | None = None,
+        actor_session: str | None = None,
     ) -> list[Session]:
         """Revoke every session of the user except ``keep_session_key`` (recording why and by
-        whom) and cut off every older token. Returns the sessions it revoked."""
+        whom, ``actor_session`` the session the user acted from) and cut off every older
+        token. Returns the sessions it revoked."""
         now = self._clock.wall()
-        rows = await self.store.revoke_user(user_id, now, keep_session_key, reason=reason, actor=actor)
+        rows = await self.store.revoke_user(
+            user_id, now, keep_session_key, reason=reason, actor=actor, actor_session=actor_session
+        )
         for row in rows:
             self._remember(row.session_key, self._state_of(row), overwrite=True)
         cutoff = Cutoff(user_id, now, keep_session_key)
@@ -780,3 +807,13 @@ class SessionService:
         self._revoked(rows, cutoff)
         return rows
 
+
+    # ------------------------------------------------------------------ history
+
+    async def history(self, user_id: str, *, limit: int, before: ListPosition | None = None) -> EventPage:
+        """At most ``limit`` of the user's events after ``before``, newest first, and where
+        the next page starts (None when this is the last)."""
+        rows = await self.store.list_events(user_id, limit=limit + 1, before=before)
+        page = rows[:limit]
+        following = ListPosition(page[-1].occurred_at, page[-1].id) if len(rows) > limit else None
+        return EventPage(tuple(page), following)

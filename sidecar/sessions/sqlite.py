@@ -21,6 +21,21 @@ from typing import Any
 import aiosqlite
 
 from sidecar.errors import StoreUnavailableError
+from sidecar.events.models import (
+    EVENT_COLUMNS,
+    PREVIOUS_LOGINS,
+    Delivery,
+    Event,
+    EventOptions,
+    OutboxCounts,
+    Place,
+    created_event,
+    event_of,
+    outbox_rows,
+    revoked_events,
+    user_revoked_events,
+)
+from sidecar.events.types import SESSION_CREATED
 from sidecar.sessions.models import (
     IDLE,
     LIFETIME,
@@ -110,6 +125,46 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
             "CREATE INDEX sessions_unrevoked_by_created ON sessions (created_at) WHERE revoked_at IS NULL",
         ),
     ),
+    (
+        5,
+        (
+            # Security events, written in the transaction of the change they tell of (the
+            # history users read), and the webhook outbox: one row per event and webhook,
+            # claimed by the Celery worker in batches (claimed_until/claim), retried with
+            # back-off (next_attempt_at), then delivered or dead.
+            """
+            CREATE TABLE events (
+                id          TEXT PRIMARY KEY,
+                type        TEXT NOT NULL,
+                user_id     TEXT NOT NULL,
+                session_id  TEXT,
+                occurred_at REAL NOT NULL,
+                data        TEXT NOT NULL
+            )
+            """,
+            "CREATE INDEX events_by_user ON events (user_id, occurred_at)",
+            "CREATE INDEX events_by_time ON events (occurred_at)",
+            """
+            CREATE TABLE webhook_outbox (
+                id              INTEGER PRIMARY KEY AUTOINCREMENT,
+                event_id        TEXT NOT NULL,
+                url             TEXT NOT NULL,
+                payload         TEXT NOT NULL,
+                created_at      REAL NOT NULL,
+                attempts        INTEGER NOT NULL DEFAULT 0,
+                next_attempt_at REAL NOT NULL,
+                claimed_until   REAL,
+                claim           TEXT,
+                delivered_at    REAL,
+                dead_at         REAL,
+                last_error      TEXT
+            )
+            """,
+            "CREATE INDEX webhook_outbox_due ON webhook_outbox (next_attempt_at) "
+            "WHERE delivered_at IS NULL AND dead_at IS NULL",
+            "CREATE INDEX webhook_outbox_delivered ON webhook_outbox (delivered_at) WHERE delivered_at IS NOT NULL",
+        ),
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -139,8 +194,9 @@ def _create_private(path: Path) -> None:
 
 
 class SqliteStore:
-    def __init__(self, path: Path, *, busy_timeout_ms: int = 5000) -> None:
+    def __init__(self, path: Path, *, busy_timeout_ms: int = 5000, events: EventOptions | None = None) -> None:
         self.path = path
+        self.events = events or EventOptions()
         self.busy_timeout_ms = busy_timeout_ms
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
@@ -286,8 +342,9 @@ class SqliteStore:
             row = await sel.fetchone()
         return session_of(row) if row is not None else None
 
-    @staticmethod
-    async def _insert_row(db: aiosqlite.Connection, session: Session) -> tuple[Session, bool]:
+    async def _insert_row(
+        self, db: aiosqlite.Connection, session: Session, place: Place | None
+    ) -> tuple[Session, bool]:
         cur = await db.execute(
             f"INSERT INTO sessions ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "  # noqa: S608
             "ON CONFLICT (session_key) DO NOTHING",
@@ -305,17 +362,56 @@ class SqliteStore:
             row = await sel.fetchone()
         if row is None:  # pragma: no cover - the row was just written in this transaction
             raise StoreUnavailableError("inserted session vanished")
-        return session_of(row), created
+        stored = session_of(row)
+        if created and self.events.enabled:
+            logins = await self._logins(db, stored)
+            await self._record(db, [created_event(stored, place or Place(), logins, self.events)])
+        return stored, created
 
-    async def insert(self, session: Session) -> tuple[Session, bool]:
+    # ------------------------------------------------------------------ events (same transaction)
+
+    async def _logins(self, db: aiosqlite.Connection, s: Session) -> list[Event]:
+        """The user's earlier session.created events within the history window, newest first."""
+        async with db.execute(
+            f"SELECT {EVENT_COLUMNS} FROM events WHERE user_id = ? AND occurred_at >= ? AND type = ? "  # noqa: S608
+            "ORDER BY occurred_at DESC LIMIT ?",
+            (s.user_id, s.created_at - self.events.history_seconds, SESSION_CREATED, PREVIOUS_LOGINS),
+        ) as cur:
+            return [event_of(r) for r in await cur.fetchall()]
+
+    async def _record(self, db: aiosqlite.Connection, events: Sequence[Event]) -> None:
+        """Write events, and their outbox rows for the webhooks that want them."""
+        if not events or not self.events.enabled:
+            return
+        await db.executemany(
+            f"INSERT INTO events ({EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",  # noqa: S608 (constant columns)
+            [(e.id, e.type, e.user_id, e.session_id, e.occurred_at, e.json_data()) for e in events],
+        )
+        rows = outbox_rows(events, self.events.targets)
+        if rows:
+            await db.executemany(
+                "INSERT INTO webhook_outbox (event_id, url, payload, created_at, next_attempt_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [(event_id, url, body, created, created) for event_id, url, body, created in rows],
+            )
+
+    @staticmethod
+    async def _session_in(db: aiosqlite.Connection, session_id: str | None) -> Session | None:
+        if session_id is None:
+            return None
+        async with db.execute(f"SELECT {COLUMNS} FROM sessions WHERE id = ?", (session_id,)) as cur:  # noqa: S608
+            row = await cur.fetchone()
+        return session_of(row) if row is not None else None
+
+    async def insert(self, session: Session, *, place: Place | None = None) -> tuple[Session, bool]:
         async with self._transaction() as db:
             # A key bound to a session (a token learned at issue) is that session's.
             held = await self._held(db, session.session_key)
             if held is not None:
                 return held, False
-            return await self._insert_row(db, session)
+            return await self._insert_row(db, session, place)
 
-    async def admit(self, session: Session, limit: SessionLimit) -> Admission:
+    async def admit(self, session: Session, limit: SessionLimit, *, place: Place | None = None) -> Admission:
         # BEGIN IMMEDIATE holds the database's write lock, for every process on the file,
         # until COMMIT: counting and inserting are one step, so racing registrations of one
         # user (in this process or another) never admit more than the limit.
@@ -337,9 +433,10 @@ class SqliteStore:
                     "UPDATE sessions SET revoked_at = ?, revoked_reason = ?, revoked_by = ?, revision = ? WHERE id = ?",
                     [(limit.now, s.revoked_reason, s.revoked_by, revision, s.id) for s in revoked],
                 )
+                await self._record(db, revoked_events(revoked))
             if refused:
                 return Admission(None, False, tuple(revoked))
-            row, created = await self._insert_row(db, session)
+            row, created = await self._insert_row(db, session, place)
         return Admission(row, created, tuple(revoked))
 
     async def list_active(
@@ -388,6 +485,7 @@ class SqliteStore:
         reason: str = USER,
         actor: str | None = None,
         seen_before: float | None = None,
+        actor_session: str | None = None,
     ) -> Session | None:
         idle = "" if seen_before is None else " AND last_seen < ?"
         async with self._transaction() as db:
@@ -401,9 +499,10 @@ class SqliteStore:
                     "UPDATE sessions SET revoked_at = ?, revoked_reason = ?, revoked_by = ?, revision = ? WHERE id = ?",
                     (now, reason, actor, await self._next_revision(db), session_id),
                 )
-            async with db.execute(f"SELECT {COLUMNS} FROM sessions WHERE id = ?", (session_id,)) as cur:  # noqa: S608
-                row = await cur.fetchone()
-        return session_of(row) if row else None
+            row = await self._session_in(db, session_id)
+            if unrevoked and row is not None:
+                await self._record(db, revoked_events([row], await self._session_in(db, actor_session)))
+        return row
 
     async def revoke_stale(
         self, now: float, *, seen_before: float | None, created_before: float | None, limit: int
@@ -432,6 +531,7 @@ class SqliteStore:
                 "UPDATE sessions SET revoked_at = ?, revoked_reason = ?, revoked_by = ?, revision = ? WHERE id = ?",
                 [(now, s.revoked_reason, s.revoked_by, revision, s.id) for s in found.values()],
             )
+            await self._record(db, revoked_events(list(found.values())))
         return list(found.values())
 
     async def revoke_user(
@@ -442,6 +542,7 @@ class SqliteStore:
         *,
         reason: str = OTHERS,
         actor: str | None = None,
+        actor_session: str | None = None,
     ) -> list[Session]:
         async with self._transaction() as db:
             async with db.execute(
@@ -464,7 +565,11 @@ class SqliteStore:
                 "WHERE excluded.cutoff_at >= user_cutoffs.cutoff_at",
                 (user_id, now, keep_session_key, revision),
             )
-        return [replace(s, revoked_at=now, revoked_reason=reason, revoked_by=actor) for s in rows]
+            revoked = [replace(s, revoked_at=now, revoked_reason=reason, revoked_by=actor) for s in rows]
+            acting = await self._session_in(db, actor_session)
+            told = user_revoked_events(user_id, now, revoked, reason=reason, actor=actor, acting=acting)
+            await self._record(db, told)
+        return revoked
 
     async def current_revision(self) -> int:
         rows = await self._fetch("SELECT value FROM revision_counter WHERE id = 1", ())
@@ -548,5 +653,89 @@ class SqliteStore:
             cur = await db.executemany(
                 "DELETE FROM user_cutoffs WHERE user_id = ? AND cutoff_at < ?",
                 [(r[0], before) for r in rows],
+            )
+            return int(cur.rowcount)
+
+    # ------------------------------------------------------------------ events: history, outbox, retention
+
+    async def list_events(
+        self, user_id: str, *, limit: int, before: ListPosition | None = None
+    ) -> list[Event]:
+        after = "" if before is None else "AND occurred_at <= ? AND (occurred_at < ? OR id > ?) "
+        position: tuple[Any, ...] = () if before is None else (before.created_at, before.created_at, before.id)
+        rows = await self._fetch(
+            f"SELECT {EVENT_COLUMNS} FROM events WHERE user_id = ? {after}"  # noqa: S608 (constant clauses)
+            "ORDER BY occurred_at DESC, id LIMIT ?",
+            (user_id, *position, limit),
+        )
+        return [event_of(r) for r in rows]
+
+    async def claim_deliveries(self, now: float, *, limit: int, lease_seconds: float, claim: str) -> list[Delivery]:
+        # BEGIN IMMEDIATE holds the write lock of the file for every process: a row is
+        # claimed by one worker until its lease ends (a killed worker's rows come back then).
+        async with self._transaction() as db:
+            async with db.execute(
+                "SELECT id FROM webhook_outbox WHERE delivered_at IS NULL AND dead_at IS NULL "
+                "AND next_attempt_at <= ? AND (claimed_until IS NULL OR claimed_until <= ?) "
+                "ORDER BY next_attempt_at, id LIMIT ?",
+                (now, now, limit),
+            ) as cur:
+                ids = [int(r[0]) for r in await cur.fetchall()]
+            if not ids:
+                return []
+            await db.executemany(
+                "UPDATE webhook_outbox SET claimed_until = ?, claim = ?, attempts = attempts + 1 WHERE id = ?",
+                [(now + lease_seconds, claim, i) for i in ids],
+            )
+            marks = ", ".join("?" * len(ids))
+            async with db.execute(
+                f"SELECT id, event_id, url, payload, attempts, claim FROM webhook_outbox WHERE id IN ({marks}) "  # noqa: S608
+                "ORDER BY id",
+                ids,
+            ) as cur:
+                return [Delivery(int(r[0]), r[1], r[2], r[3], int(r[4]), r[5]) for r in await cur.fetchall()]
+
+    async def delivered(self, delivery_id: int, now: float) -> None:
+        async with self._transaction() as db:
+            await db.execute(
+                "UPDATE webhook_outbox SET delivered_at = COALESCE(delivered_at, ?), claimed_until = NULL, "
+                "last_error = NULL WHERE id = ?",
+                (now, delivery_id),
+            )
+
+    async def delivery_failed(
+        self, delivery_id: int, claim: str, now: float, *, retry_at: float | None, error: str
+    ) -> None:
+        async with self._transaction() as db:
+            await db.execute(
+                "UPDATE webhook_outbox SET claimed_until = NULL, last_error = ?, "
+                "next_attempt_at = COALESCE(?, next_attempt_at), "
+                "dead_at = CASE WHEN ? IS NULL THEN ? ELSE NULL END "
+                "WHERE id = ? AND claim = ? AND delivered_at IS NULL",
+                (error[:500], retry_at, retry_at, now, delivery_id, claim),
+            )
+
+    async def outbox_counts(self) -> OutboxCounts:
+        rows = await self._fetch(
+            "SELECT COUNT(*) FILTER (WHERE dead_at IS NULL), COUNT(*) FILTER (WHERE dead_at IS NOT NULL) "
+            "FROM webhook_outbox WHERE delivered_at IS NULL",
+            (),
+            scan=True,
+        )
+        return OutboxCounts(int(rows[0][0] or 0), int(rows[0][1] or 0))
+
+    async def purge_events(self, before: float, limit: int) -> int:
+        async with self._transaction() as db:
+            cur = await db.execute(
+                "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE occurred_at < ? LIMIT ?)", (before, limit)
+            )
+            return int(cur.rowcount)
+
+    async def purge_deliveries(self, delivered_before: float, dead_before: float, limit: int) -> int:
+        async with self._transaction() as db:
+            cur = await db.execute(
+                "DELETE FROM webhook_outbox WHERE id IN (SELECT id FROM webhook_outbox WHERE delivered_at < ? "
+                "UNION ALL SELECT id FROM webhook_outbox WHERE dead_at < ? LIMIT ?)",
+                (delivered_before, dead_before, limit),
             )
             return int(cur.rowcount)

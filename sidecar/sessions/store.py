@@ -7,9 +7,12 @@ only after its transaction is durably committed; that is what lets a revoke answ
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from sidecar.sessions.models import OTHERS, USER, Admission, Changes, Cutoff, ListPosition, Session, SessionLimit, Touch
+
+if TYPE_CHECKING:  # sidecar.events.models imports sidecar.sessions.models
+    from sidecar.events.models import Delivery, Event, OutboxCounts, Place
 
 
 class SessionStore(Protocol):
@@ -38,15 +41,17 @@ class SessionStore(Protocol):
         """
         ...
 
-    async def insert(self, session: Session) -> tuple[Session, bool]:
+    async def insert(self, session: Session, *, place: Place | None = None) -> tuple[Session, bool]:
         """Insert, or return the row that already holds ``session.session_key`` (as its own
         key or bound to it).
 
-        Returns (row, created). Concurrent inserts of one key yield one row.
+        Returns (row, created). Concurrent inserts of one key yield one row. A created row
+        writes its ``session.created`` event (flags judged with ``place``, where the address
+        is) in the same transaction, and the event's outbox rows.
         """
         ...
 
-    async def admit(self, session: Session, limit: SessionLimit) -> Admission:
+    async def admit(self, session: Session, limit: SessionLimit, *, place: Place | None = None) -> Admission:
         """``insert`` under ``sessions.max_sessions_per_user``, in one transaction that holds
         the user against every other registration of theirs (in any process).
 
@@ -57,6 +62,7 @@ class SessionStore(Protocol):
         other choices revoke the oldest login / least recently seen (``limit``, actor
         ``session:<new id>``) and insert. So racing registrations never leave more than
         ``max_sessions`` active, and with ``refuse_new`` exactly that many are admitted.
+        Every session it revokes, and the one it creates, write their events in the transaction.
         """
         ...
 
@@ -91,9 +97,12 @@ class SessionStore(Protocol):
         reason: str = USER,
         actor: str | None = None,
         seen_before: float | None = None,
+        actor_session: str | None = None,
     ) -> Session | None:
         """Mark one session revoked, recording ``reason`` and ``actor`` (idempotent: an
-        earlier revocation, its time and reason, is kept).
+        earlier revocation, its time and reason, is kept). A call that revoked it writes a
+        ``session.revoked`` event in the transaction (with ``actor_session``, the session the
+        user acted from, and its device).
 
         With ``seen_before``, only a session whose ``last_seen`` is before it (the idle
         decision: a flush that raised it first keeps the session). Returns the row as it
@@ -107,7 +116,7 @@ class SessionStore(Protocol):
         """Revoke at most ``limit`` unexpired, unrevoked sessions logged in before
         ``created_before`` (reason ``lifetime``) or last seen before ``seen_before``
         (``idle``), actor ``policy``, taking a revision; None leaves that rule out.
-        Returns the rows it revoked."""
+        Returns the rows it revoked, each with its ``session.revoked`` event."""
         ...
 
     async def revoke_user(
@@ -118,10 +127,12 @@ class SessionStore(Protocol):
         *,
         reason: str = OTHERS,
         actor: str | None = None,
+        actor_session: str | None = None,
     ) -> list[Session]:
         """In one transaction: revoke every other unrevoked session of the user (recording
-        ``reason`` and ``actor``) and set the user's cut-off to ``now`` (exempting
-        ``keep_session_key``). Returns the rows it revoked."""
+        ``reason`` and ``actor``), set the user's cut-off to ``now`` (exempting
+        ``keep_session_key``), and write a ``session.revoked`` event per session and one
+        ``user.sessions_revoked`` with the count. Returns the rows it revoked."""
         ...
 
     async def get_cutoff(self, user_id: str) -> Cutoff | None: ...
@@ -157,4 +168,41 @@ class SessionStore(Protocol):
 
         A cut-off raised meanwhile (by a new "log out others") is never deleted.
         """
+        ...
+
+    # ------------------------------------------------------------------ events
+
+    async def list_events(self, user_id: str, *, limit: int, before: ListPosition | None = None) -> list[Event]:
+        """The user's events, newest first (``occurred_at`` descending, ties by ``id``),
+        keyset-paged like ``list_active`` (``before``: the position of the last one read)."""
+        ...
+
+    async def claim_deliveries(self, now: float, *, limit: int, lease_seconds: float, claim: str) -> list[Delivery]:
+        """Claim at most ``limit`` due outbox rows (neither delivered nor dead, their next
+        attempt due, no live claim) for ``lease_seconds``, counting an attempt, atomically:
+        two claimers never hold one row at once. A claim that ends unreported (a killed
+        worker) makes the row due again when its lease runs out."""
+        ...
+
+    async def delivered(self, delivery_id: int, now: float) -> None:
+        """Mark an outbox row delivered (whoever holds its claim: a delivered event is done)."""
+        ...
+
+    async def delivery_failed(
+        self, delivery_id: int, claim: str, now: float, *, retry_at: float | None, error: str
+    ) -> None:
+        """Record a failed attempt under ``claim``: due again at ``retry_at``, or dead (None)."""
+        ...
+
+    async def outbox_counts(self) -> OutboxCounts:
+        """Undelivered outbox rows: pending (to be tried) and dead (attempts used up)."""
+        ...
+
+    async def purge_events(self, before: float, limit: int) -> int:
+        """Delete at most ``limit`` events older than ``before``; return the count."""
+        ...
+
+    async def purge_deliveries(self, delivered_before: float, dead_before: float, limit: int) -> int:
+        """Delete at most ``limit`` outbox rows delivered before ``delivered_before`` or dead
+        since before ``dead_before``; return the count. Pending rows are never deleted."""
         ...

@@ -15,6 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from sidecar.enrich.client_ip import ClientInfo, IPAddress, parse_address
 from sidecar.errors import InvalidTokenError, SessionRejectedError
+from sidecar.events.history import history_json
 from sidecar.sessions.models import ADMIN, ADMIN_USER, LIFETIME
 from sidecar.sessions.service import SESSION_LIMIT
 from sidecar.web import audit, oauth2
@@ -180,6 +181,16 @@ async def list_user_sessions(request: web.Request) -> web.Response:
     return page("Sessions retrieved successfully", data, next_cursor(found.next))
 
 
+async def list_user_events(request: web.Request) -> web.Response:
+    """A user's events, newest first, with the codes behind the words."""
+    user_id = _user_id(request)
+    limit, before = page_params(request)
+    found = await request.app[SERVICES].sessions.history(user_id, limit=limit, before=before)
+    return page(
+        "Events retrieved successfully", [history_json(e, raw=True) for e in found.events], next_cursor(found.next)
+    )
+
+
 async def revoke_user(request: web.Request) -> web.Response:
     user_id = _user_id(request)
     services = request.app[SERVICES]
@@ -222,3 +233,5 @@ def add_routes(app: web.Application) -> None:
     for path in ("/admin/v1/users/{user_id}/sessions", "/admin/v1/users/{user_id}/sessions/"):
         app.router.add_get(path, list_user_sessions, allow_head=False)
         app.router.add_delete(path, revoke_user)
+    for path in ("/admin/v1/users/{user_id}/events", "/admin/v1/users/{user_id}/events/"):
+        app.router.add_get(path, list_user_events, allow_head=False)

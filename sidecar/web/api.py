@@ -7,6 +7,7 @@ import re
 
 from aiohttp import web
 
+from sidecar.events.history import history_json
 from sidecar.sessions.models import OTHERS, USER
 from sidecar.web import audit
 from sidecar.web.envelope import ApiError, page, session_json, success
@@ -80,7 +81,7 @@ async def delete_other_sessions(request: web.Request) -> web.Response:
     # The caller's session by its own key: a token a refresh minted is bound to it.
     keep = await services.sessions.own_key(claims)
     revoked = await services.sessions.revoke_user(
-        claims.user_id, keep_session_key=keep, reason=OTHERS, actor=f"user:{claims.user_id}"
+        claims.user_id, keep_session_key=keep, reason=OTHERS, actor=f"user:{claims.user_id}", actor_session=current
     )
     services.metrics.revocations.labels("sessions", "others").inc()
     log.info(
@@ -114,7 +115,9 @@ async def delete_session(request: web.Request) -> web.Response:
     claims, current = await authenticate(request)
     services = request.app[SERVICES]
     # Another user's id answers exactly like an unknown one (SECURITY_CASES C23).
-    s = await services.sessions.revoke(session_id, claims.user_id, reason=USER, actor=f"user:{claims.user_id}")
+    s = await services.sessions.revoke(
+        session_id, claims.user_id, reason=USER, actor=f"user:{claims.user_id}", actor_session=current
+    )
     if s is None:
         raise ApiError(404, NOT_FOUND)
     services.metrics.revocations.labels("sessions", "session").inc()
@@ -126,10 +129,23 @@ async def delete_session(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+async def session_history(request: web.Request) -> web.Response:
+    """My events, newest first: sign-ins (with the new device / country / travel flags) and
+    ended sessions, with why and by whom in words."""
+    _rate_limit(request)
+    limit, before = page_params(request)
+    claims, _ = await authenticate(request)
+    found = await request.app[SERVICES].sessions.history(claims.user_id, limit=limit, before=before)
+    return page("History retrieved successfully", [history_json(e) for e in found.events], next_cursor(found.next))
+
+
 def add_routes(app: web.Application) -> None:
     for path in ("/api/v1/sessions", "/api/v1/sessions/"):
         app.router.add_get(path, list_sessions, allow_head=False)
         app.router.add_delete(path, delete_other_sessions)
+    # Before the {tail} pattern, which would read "history" as a malformed session id.
+    for path in ("/api/v1/sessions/history", "/api/v1/sessions/history/"):
+        app.router.add_get(path, session_history, allow_head=False)
     # One pattern for every id spelling, so a malformed id is a 400, not a routing 404.
     app.router.add_get(r"/api/v1/sessions/{tail:[\s\S]+}", get_session, allow_head=False)
     app.router.add_delete(r"/api/v1/sessions/{tail:[\s\S]+}", delete_session)

@@ -3,7 +3,9 @@
 Built once from Python literals (no file is read, nothing is computed per request) and kept
 true by ``tests/web/test_openapi.py``, which walks the router and validates real responses
 against it, and by the schemathesis run in ``tests/web/test_schemathesis.py``.
-The admin listener is deliberately not described: it is not reachable by API clients.
+Of the admin listener only the event history (``GET /admin/v1/users/{user_id}/events``) is
+described, under a path-level ``servers`` entry naming that listener: the rest of it is for
+the auth service and operators, not API clients.
 """
 
 from __future__ import annotations
@@ -116,6 +118,125 @@ _SESSION_ID_PARAMETER = {
 }
 
 
+_USER_ID_PARAMETER = {
+    "name": "user_id",
+    "in": "path",
+    "required": True,
+    "description": "The user id as tokens carry it (visible ASCII, 1-255 characters). Anything else is a 400.",
+    "schema": {"type": "string", "pattern": _IDENTIFIER_PATTERN},
+}
+ADMIN_SERVER: Final = {
+    "url": "http://127.0.0.1:8081",
+    "description": "The admin listener (`[admin]` host and port), not the public one.",
+}
+ADMIN_CHALLENGE: Final = 'Bearer realm="sidecar-admin"'
+
+
+def _history_item(*, admin: bool) -> dict[str, Any]:
+    timestamp = {"type": "string", "format": "date-time", "pattern": _RFC3339_UTC}
+    text = {"type": ["string", "null"]}
+    flag = {"type": ["boolean", "null"], "description": "session.created only (null for the others)."}
+    properties: dict[str, Any] = {
+        "id": {"type": "string", "format": "uuid", "description": "The event's id (the webhooks' webhook-id)."},
+        "time": timestamp,
+        "event": {"enum": ["session.created", "session.revoked", "user.sessions_revoked"]},
+        "summary": {"type": "string", "description": '"New sign-in", "Session ended", "Sessions ended".'},
+        "session_id": {
+            "type": ["string", "null"],
+            "description": "The session it is about (for user.sessions_revoked: the session the user acted from).",
+        },
+        "device": {**text, "description": '"Chrome on Windows"...: of that session.'},
+        "ip_address": text,
+        "location": text,
+        "reason": {**text, "description": 'Why a session ended, in words: "logged out", "idle timeout"...'},
+        "actor": {**text, "description": 'Who ended it: "you, from Chrome on Windows", "an administrator"...'},
+        "new_device": {**flag, "description": "A device this user had not signed in on within the history window."},
+        "new_country": {**flag, "description": "A country this user had not signed in from within the window."},
+        "unusual_travel": {
+            **flag,
+            "description": "Getting here from the previous sign-in's place in the time between them is "
+            "faster than `events.max_travel_kmh`.",
+        },
+        "count": {
+            "type": ["integer", "null"], "description": "user.sessions_revoked only: how many sessions it ended."
+        },
+    }
+    if admin:
+        properties.update({
+            "user_id": {"type": "string"},
+            "reason_code": {**text, "description": "The stored reason: user, others, admin, admin_user, idle..."},
+            "actor_code": {**text, "description": 'The stored actor: "user:<id>", "admin:sha256:<fingerprint>"...'},
+            "country": {**text, "description": "ISO 3166-1 alpha-2, session.created only."},
+        })
+    return {
+        "type": "object",
+        "description": "One event of the user's history." + (" With the codes behind the words." if admin else ""),
+        "required": sorted(properties),
+        "additionalProperties": False,
+        "properties": properties,
+    }
+
+
+def _history_paths() -> dict[str, Any]:
+    return {
+        "/api/v1/sessions/history/": {
+            "get": {
+                "tags": ["sessions"],
+                "operationId": "session_history",
+                "summary": "My history: sign-ins and ended sessions, newest first, a page at a time",
+                "description": (
+                    "Newest first, ties by id; paged like the session listing (`limit`, `before`, "
+                    "`next`). Sign-ins carry the new_device / new_country / unusual_travel flags; "
+                    "ended sessions say why and by whom in words."
+                ),
+                "security": _credentials(),
+                "parameters": _PAGE_PARAMETERS,
+                "responses": {
+                    "200": _success(
+                        "History retrieved successfully",
+                        {"type": "array", "items": _schema("HistoryEvent")},
+                        "One page of the caller's events.",
+                        paged=True,
+                    ),
+                    "400": _response("InvalidPage"),
+                    "401": _response("Unauthorized"),
+                    "429": _response("RateLimited"),
+                    "503": _response("StoreUnavailableError"),
+                },
+            },
+        },
+        "/admin/v1/users/{user_id}/events": {
+            "servers": [ADMIN_SERVER],
+            "parameters": [_USER_ID_PARAMETER],
+            "get": {
+                "tags": ["admin"],
+                "operationId": "admin_user_events",
+                "summary": "A user's events, newest first, a page at a time (admin listener)",
+                "security": [{"adminKey": []}],
+                "parameters": _PAGE_PARAMETERS,
+                "responses": {
+                    "200": _success(
+                        "Events retrieved successfully",
+                        {"type": "array", "items": _schema("AdminHistoryEvent")},
+                        "One page of the user's events.",
+                        paged=True,
+                    ),
+                    "400": _error_of(
+                        400, (LIMIT_MESSAGE, CURSOR_MESSAGE, "Invalid user id"), "A bad page parameter or user id."
+                    ),
+                    "401": _error(
+                        401,
+                        "Invalid or missing admin API key",
+                        "No `Authorization: Bearer <admin API key>` with one of `admin.api_keys`.",
+                        {"WWW-Authenticate": _header("AdminChallenge")},
+                    ),
+                    "503": _response("StoreUnavailableError"),
+                },
+            },
+        },
+    }
+
+
 # Either credential: the bearer header, or (jwt.cookie_name) the cookie.
 def _credentials() -> list[dict[str, list[str]]]:
     return [{"bearer": []}, {"cookie": []}]
@@ -207,6 +328,11 @@ def _components() -> dict[str, Any]:
                     "Exactly one Authorization header; the scheme name is case-insensitive."
                 ),
             },
+            "adminKey": {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "The admin listener only: `Authorization: Bearer <one of admin.api_keys>`.",
+            },
             "cookie": {
                 "type": "apiKey",
                 "in": "cookie",
@@ -241,6 +367,11 @@ def _components() -> dict[str, Any]:
                 "required": True,
                 "description": "The methods this path answers.",
                 "schema": {"type": "string"},
+            },
+            "AdminChallenge": {
+                "required": True,
+                "description": "The admin listener's challenge.",
+                "schema": {"type": "string", "const": ADMIN_CHALLENGE},
             },
         },
         "schemas": {
@@ -314,6 +445,8 @@ def _components() -> dict[str, Any]:
                     },
                 },
             },
+            "HistoryEvent": _history_item(admin=False),
+            "AdminHistoryEvent": _history_item(admin=True),
             "Health": {
                 "type": "object",
                 "required": ["status", "pid"],
@@ -505,6 +638,7 @@ def build_document() -> dict[str, Any]:
                 },
             },
         },
+        **_history_paths(),
         **_health_paths(),
         PATH: {
             "get": {
@@ -539,6 +673,7 @@ def build_document() -> dict[str, Any]:
             {"name": "check", "description": "What nginx/Envoy ask about every request."},
             {"name": "sessions", "description": "The caller's own sessions."},
             {"name": "health", "description": "For orchestrators and load balancers."},
+            {"name": "admin", "description": "The admin listener (see each path's `servers`)."},
             {"name": "meta", "description": "This description."},
         ],
         "paths": paths,

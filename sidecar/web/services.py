@@ -18,6 +18,7 @@ from sidecar.config import Settings
 from sidecar.enrich.device import DeviceParser
 from sidecar.enrich.geo import GeoLocator
 from sidecar.errors import KeysUnavailableError, StoreUnavailableError
+from sidecar.events.models import options_from_settings
 from sidecar.metrics import SESSIONS_COUNT_SECONDS, Metrics
 from sidecar.revocation import RedisPush
 from sidecar.routes import RouteTable
@@ -77,9 +78,14 @@ def record_revocation(metrics: Metrics, reason: str, actor: str | None, sessions
 
 
 async def count_sessions(services: Services) -> None:
-    """Set the sessions_active gauge; a store that cannot answer leaves it as it was."""
+    """Set the sessions_active and webhook_outbox gauges; a store that cannot answer leaves
+    them as they were."""
     try:
         services.metrics.sessions_active.set(await services.store.count_active(services.clock.wall()))
+        if services.settings.webhooks:
+            counts = await services.store.outbox_counts()
+            services.metrics.webhook_outbox.labels("pending").set(counts.pending)
+            services.metrics.webhook_outbox.labels("dead").set(counts.dead)
     except StoreUnavailableError as e:
         log.warning("metrics: could not count active sessions: %s", e)
 
@@ -120,7 +126,7 @@ async def open_services(settings: Settings, clock: Clock | None = None) -> Async
                 log.error("jwks: initial fetch failed: %s", e)
         verifier = TokenVerifier(settings.jwt, clock, jwks)
 
-        store = store_from_settings(settings.storage)
+        store = store_from_settings(settings.storage, options_from_settings(settings))
         await store.open()
         stack.push_async_callback(store.close)
 
@@ -143,6 +149,8 @@ async def open_services(settings: Settings, clock: Clock | None = None) -> Async
             max_lifetime=settings.sessions.max_lifetime_seconds,
             max_sessions=settings.sessions.max_sessions_per_user,
             on_session_limit=settings.sessions.on_session_limit,
+            # The flags' second lookup (country, coordinates) only when events are recorded.
+            place=geo.place if settings.events.enabled else None,
         )
         await sessions.start()
         stack.push_async_callback(sessions.stop)

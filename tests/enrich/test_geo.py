@@ -224,3 +224,28 @@ def test_label_is_capped() -> None:
     label = _label("C" * 80, "D" * 80)
     assert len(label) <= MAX_LOCATION_LENGTH
     assert label.startswith("C" * 80 + ", D")
+
+
+@pytest.mark.parametrize("locator", ["GeoIP2-City-Test.mmdb"], indirect=True)
+def test_place_gives_country_and_coordinates_from_a_city_database(locator: GeoLocator) -> None:
+    """A City database gives the ISO country and the coordinates the travel flag needs."""
+    place = locator.place(ipaddress.ip_address("81.2.69.142"))
+    assert place.country == "GB" and place.has_coordinates
+    assert locator.place(ipaddress.ip_address("::ffff:81.2.69.142")) == place
+
+
+@pytest.mark.parametrize("locator", ["GeoLite2-Country-Test.mmdb"], indirect=True)
+def test_place_from_a_country_database_has_no_coordinates(locator: GeoLocator) -> None:
+    """A Country database gives the country only: no travel can be judged from it."""
+    place = locator.place(ipaddress.ip_address("81.2.69.142"))
+    assert place.country == "GB" and not place.has_coordinates
+
+
+@pytest.mark.parametrize("locator", ["GeoIP2-City-Test.mmdb"], indirect=True)
+@pytest.mark.parametrize("address", ["10.0.0.1", "127.0.0.1", "8.8.8.8"])
+def test_place_of_a_private_or_unknown_address_is_nowhere(locator: GeoLocator, address: str) -> None:
+    """Private, loopback and unlisted addresses have no place; neither does a missing address."""
+    from sidecar.events.models import NOWHERE
+
+    assert locator.place(ipaddress.ip_address(address)) == NOWHERE
+    assert locator.place(None) == NOWHERE

@@ -60,7 +60,12 @@ async def postgres_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Se
     await store.open()
     # One database per run, emptied per test: far faster than a database per test.
     await pg.execute(
-        url, "DELETE FROM sessions", "DELETE FROM user_cutoffs", "UPDATE revision_counter SET value = 0"
+        url,
+        "DELETE FROM sessions",
+        "DELETE FROM user_cutoffs",
+        "UPDATE revision_counter SET value = 0",
+        "DELETE FROM events",
+        "DELETE FROM webhook_outbox",
     )
     return store
 

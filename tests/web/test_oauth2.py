@@ -173,7 +173,7 @@ async def test_revoke_then_introspect_and_check_refuse(sidecar: Sidecar, caplog:
         assert await revoke(sidecar, {"token": token, "token_type_hint": "access_token"}) == (200, "")
     assert await sidecar.check(token) == 401
     assert (await introspect(sidecar, {"token": token}))[2] == INACTIVE
-    [line] = [json.loads(r.getMessage()) for r in caplog.records if r.name == "sidecar.audit"]
+    [line] = [vars(r)["audit"] for r in caplog.records if r.name == "sidecar.audit"]
     assert line["audit"] == "session.revoked" and line["api"] == "oauth2" and line["session"] == sid
     assert line["actor_key"].startswith("sha256:") and token not in json.dumps(line)
     async with sidecar.admin.get("/metrics", headers=ADMIN) as resp:

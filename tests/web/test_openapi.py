@@ -18,9 +18,9 @@ import jsonschema_rs
 import schemathesis
 from aiohttp import web
 
-from sidecar.web import create_app, open_services
-from sidecar.web.openapi import CHECK_METHODS, DOCUMENT, PATH
-from tests.conftest import CHROME_WINDOWS, Sidecar, bearer, mint, settings_for
+from sidecar.web import create_admin_app, create_app, open_services
+from sidecar.web.openapi import ADMIN_SERVER, CHECK_METHODS, DOCUMENT, PATH
+from tests.conftest import ADMIN, CHROME_WINDOWS, Sidecar, bearer, mint, settings_for
 
 HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
@@ -51,12 +51,14 @@ def normalised(path: str) -> str:
     return re.sub(r"\{[^}]*\}", "{}", path).rstrip("/") or "/"
 
 
-def documented_operations() -> set[tuple[str, str]]:
+def documented_operations(*, admin: bool = False) -> set[tuple[str, str]]:
+    """The document's operations on the public listener, or (``admin``) on the admin listener:
+    the paths whose ``servers`` name it."""
     return {
         (method, normalised(path))
         for path, item in DOCUMENT["paths"].items()
         for method in item
-        if method in HTTP_METHODS
+        if method in HTTP_METHODS and (item.get("servers") == [ADMIN_SERVER]) == admin
     }
 
 
@@ -116,6 +118,15 @@ async def call(
         return resp.status
 
 
+async def call_admin(sidecar: Sidecar, url: str, doc_path: str, headers: Mapping[str, str] | None = None) -> int:
+    """One GET on the admin listener, its answer checked against the document."""
+    async with sidecar.admin.get(url, headers=ADMIN if headers is None else headers, allow_redirects=False) as resp:
+        body = await resp.read()
+        documented = documented_response("GET", doc_path, resp.status)
+        assert_conforms(documented, "GET", resp.status, resp.headers, body)
+        return resp.status
+
+
 async def call_unrouted(sidecar: Sidecar, method: str, url: str, component: str, expected: int) -> None:
     """A request the listener does not serve answers the listener-wide response ``component``."""
     async with sidecar.public.request(method, url, allow_redirects=False) as resp:
@@ -166,9 +177,13 @@ async def test_every_route_is_documented_and_every_documented_operation_is_route
     settings = settings_for(tmp_path)
     async with open_services(settings) as services:
         routed = routed_operations(create_app(settings, services))
+        admin_routed = routed_operations(create_admin_app(settings, services))
     documented = documented_operations()
     assert routed - documented == set(), "routes missing from the document"
     assert documented - routed == set(), "documented operations that are not routed"
+    admin = documented_operations(admin=True)
+    assert admin == {("get", "/admin/v1/users/{}/events")}
+    assert admin <= admin_routed, "documented admin operations that the admin listener does not route"
     assert {m for m, p in documented if p == "/introspect"} == set(CHECK_METHODS) == set(HTTP_METHODS)
 
 
@@ -181,7 +196,7 @@ def test_every_operation_has_an_id_a_summary_and_security_stated() -> None:
     assert len(ids) == len(set(ids))
     for op in operations:
         assert op["summary"]
-        assert op["security"] in ([], [{"bearer": []}, {"cookie": []}]), op["operationId"]
+        assert op["security"] in ([], [{"bearer": []}, {"cookie": []}], [{"adminKey": []}]), op["operationId"]
 
 
 async def test_document_is_served_at_its_path_with_and_without_trailing_slash(sidecar: Sidecar) -> None:
@@ -341,3 +356,29 @@ async def test_listing_with_session_policies_conforms(tmp_path: Path, start_side
     listed = (await sidecar.sessions(token))[0]
     assert {"idle_expires_at", "lifetime_expires_at"} <= listed.keys()
     assert "idle_expires_at" in DOCUMENT["components"]["schemas"]["Session"]["properties"]
+
+
+async def test_history_answers_conform(sidecar: Sidecar) -> None:
+    """The history's pages and 400/401, and the admin events listing's 200/400/401, are as documented."""
+    token = mint("alice")
+    mine = await session_of(sidecar, token, **{"User-Agent": CHROME_WINDOWS})
+    other = await session_of(sidecar, mint("alice"), **{"User-Agent": "curl/8.5.0"})
+    await sidecar.revoke(token, other)
+    async with sidecar.public.delete("/api/v1/sessions/", headers=bearer(token)) as resp:
+        assert resp.status == 204
+    history = "/api/v1/sessions/history/"
+    for url in (history, "/api/v1/sessions/history", history + "?limit=1"):
+        assert await call(sidecar, "GET", url, history, token) == 200
+    async with sidecar.public.get(history + "?limit=2", headers=bearer(token)) as resp:
+        cursor = (await resp.json())["next"]
+    assert isinstance(cursor, str)
+    assert await call(sidecar, "GET", f"{history}?limit=2&before={cursor}", history, token) == 200
+    for query in ("?limit=0", "?before=%21", "?before=WzEsMl0"):
+        assert await call(sidecar, "GET", history + query, history, token) == 400
+    assert await call(sidecar, "GET", history, history) == 401
+    events = "/admin/v1/users/{user_id}/events"
+    assert await call_admin(sidecar, "/admin/v1/users/alice/events", events) == 200
+    assert await call_admin(sidecar, "/admin/v1/users/alice/events/?limit=1", events) == 200
+    assert await call_admin(sidecar, "/admin/v1/users/alice/events?limit=0", events) == 400
+    assert await call_admin(sidecar, "/admin/v1/users/alice/events", events, {}) == 401
+    assert mine

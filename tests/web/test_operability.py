@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -76,7 +75,7 @@ async def test_revocations_are_counted_and_audited(sidecar: Sidecar, caplog: pyt
     async with sidecar.admin.delete("/admin/v1/users/alice/sessions", headers=ADMIN) as resp:
         assert resp.status == 204
 
-    entries = [json.loads(r.getMessage()) for r in caplog.records if r.name == "sidecar.audit"]
+    entries = [vars(r)["audit"] for r in caplog.records if r.name == "sidecar.audit"]
     assert [e["audit"] for e in entries] == ["session.revoked", "user.other_sessions_revoked", "user.revoked"]
     assert entries[0]["api"] == "sessions" and entries[0]["session"] == other_id
     assert entries[0]["actor_user"] == "alice" and entries[0]["user"] == "alice"

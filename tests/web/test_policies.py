@@ -3,7 +3,6 @@ metrics and the audit trail, on a controlled clock."""
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -34,7 +33,7 @@ async def admin_listing(sidecar: Sidecar, user: str, query: str = "?include_revo
 
 
 def audit_lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
-    return [json.loads(r.getMessage()) for r in caplog.records if r.name == "sidecar.audit"]
+    return [vars(r)["audit"] for r in caplog.records if r.name == "sidecar.audit"]
 
 
 async def test_listing_shows_when_the_policies_end_a_session(tmp_path: Path, start_sidecar: Any) -> None:

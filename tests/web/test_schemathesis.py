@@ -34,9 +34,9 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from sidecar.web.openapi import DOCUMENT, PATH
+from sidecar.web.openapi import ADMIN_SERVER, DOCUMENT, PATH
 from tests.support.sidecar import run_sidecar
-from tests.support.tokens import bearer, mint
+from tests.support.tokens import ADMIN, bearer, mint
 
 EXAMPLES_PER_OPERATION = 100
 USER = "schemathesis"
@@ -63,10 +63,14 @@ def fresh_token() -> str:
     return mint(USER, sid=str(uuid.uuid4()), iat=time.time())
 
 
+ADMIN_URLS: dict[str, str] = {}  # the live sidecar's base URL -> its admin listener's
+
+
 @pytest.fixture(scope="module")
 def live_sidecar(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A ``sidecar serve`` process on loopback (no API rate limit); its base URL."""
     with run_sidecar(tmp_path_factory.mktemp("schemathesis"), server={"api_rate_limit_per_minute": 0}) as sidecar:
+        ADMIN_URLS[sidecar.url] = sidecar.admin_url
         yield sidecar.url
 
 
@@ -126,6 +130,10 @@ def test_operation_conforms_under_generated_requests(
         suppress_health_check=[HealthCheck.too_slow],
     )
     def run(case: schemathesis.Case[Any]) -> None:
-        case.call_and_validate(checks=CHECKS, timeout=10)
+        if DOCUMENT["paths"][path].get("servers") == [ADMIN_SERVER]:
+            # Described under the admin listener's server: sent there, with the admin key.
+            case.call_and_validate(base_url=ADMIN_URLS[live_sidecar], headers=ADMIN, checks=CHECKS, timeout=10)
+        else:
+            case.call_and_validate(checks=CHECKS, timeout=10)
 
     run()
