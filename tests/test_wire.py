@@ -28,6 +28,7 @@ import pytest
 
 from sidecar.enrich.device import DeviceParser
 from sidecar.errors import StoreUnavailableError
+from sidecar.events.models import Place
 from sidecar.logs import _RequestIdFilter
 from sidecar.sessions.models import Session
 from sidecar.tokens.bearer import BEARER_CHALLENGE
@@ -443,10 +444,10 @@ async def test_pipelined_answers_leave_in_request_order(w: Wire, monkeypatch: py
     release = asyncio.Event()
     registered: list[str] = []
 
-    async def slow_insert(session: Session) -> tuple[Session, bool]:
+    async def slow_insert(session: Session, *, place: Place | None = None) -> tuple[Session, bool]:
         if session.user_id == "first":
             await release.wait()
-        result = await insert(session)
+        result = await insert(session, place=place)
         registered.append(session.user_id)
         return result
 
