@@ -55,9 +55,6 @@ class Answer:
         # The check listener's encodings, by (close, HEAD): the bytes before and after Date.
         self.wire: dict[tuple[bool, bool], tuple[bytes, bytes]] = {}
 
-    def header_dict(self) -> dict[str, str]:
-        return dict(self.headers)
-
 
 def _error_body(status: int, message: str) -> bytes:
     return json.dumps({"status": "error", "status_code": status, "message": message, "data": {}}).encode()
