@@ -233,6 +233,11 @@ MIGRATIONS: Final[tuple[tuple[int, tuple[str, ...]], ...]] = (
 SCHEMA_VERSION: Final = MIGRATIONS[-1][0]
 
 _INSERT_ATTEMPTS: Final = 3
+# The session a bound key (a token learned at issue) belongs to.
+_BOUND_SESSION: Final = (
+    f"SELECT {ALIASED} FROM session_aliases a JOIN sessions s ON s.id = a.session_id "  # noqa: S608
+    "WHERE a.alias_key = $1"
+)
 _INSERT: Final = (
     f"INSERT INTO sessions ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) "  # noqa: S608
     f"ON CONFLICT (session_key) DO NOTHING RETURNING {COLUMNS}"
@@ -453,11 +458,7 @@ class PostgresStore:
             return await self._insert_with_event(session, place)
         async with self._acquire("insert") as db:
             # A key bound to a session (a token learned at issue) is that session's.
-            bound = await db.fetchrow(
-                f"SELECT {ALIASED} FROM session_aliases a JOIN sessions s ON s.id = a.session_id "  # noqa: S608
-                "WHERE a.alias_key = $1",
-                session.session_key,
-            )
+            bound = await db.fetchrow(_BOUND_SESSION, session.session_key)
             if bound is not None:
                 return session_of(bound), False
             for _ in range(_INSERT_ATTEMPTS):
@@ -480,11 +481,7 @@ class PostgresStore:
         event commit together or not at all."""
         for _ in range(_INSERT_ATTEMPTS):
             async with self._transaction("insert") as db:
-                bound = await db.fetchrow(
-                    f"SELECT {ALIASED} FROM session_aliases a JOIN sessions s ON s.id = a.session_id "  # noqa: S608
-                    "WHERE a.alias_key = $1",
-                    session.session_key,
-                )
+                bound = await db.fetchrow(_BOUND_SESSION, session.session_key)
                 if bound is not None:
                     return session_of(bound), False
                 row = await db.fetchrow(_INSERT, *_values(session))
