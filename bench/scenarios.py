@@ -650,7 +650,12 @@ def policies(run: Run) -> dict[str, Any]:
     on = run.sidecar("sidecar-policies-on", key, sessions=POLICIES_ON)
     _, pool_off = _registered_pool(run, off, key, "policies-off")
     _, pool_on = _registered_pool(run, on, key, "policies-on")
-    off_result, on_result = run.compare([(off, "/introspect", pool_off), (on, "/introspect", pool_on)])
+    return _on_off(run, (off, pool_off), (on, pool_on))
+
+
+def _on_off(run: Run, off: tuple[Server, Path], on: tuple[Server, Path]) -> dict[str, Any]:
+    """A feature off vs on: the two sidecars' cached checks, interleaved, and their ratios."""
+    off_result, on_result = run.compare([(off[0], "/introspect", off[1]), (on[0], "/introspect", on[1])])
     run.procs.stop_all()
     return {
         "tokens": POOL,
@@ -686,14 +691,8 @@ def webhooks(run: Run) -> dict[str, Any]:
     started = time.perf_counter()
     _, pool_on = _registered_pool(run, on, key, "webhooks")
     register_on = (time.perf_counter() - started) / POOL * 1e6
-    off_result, on_result = run.compare([(off, "/introspect", pool_off), (on, "/introspect", pool_on)])
-    run.procs.stop_all()
     return {
-        "tokens": POOL,
-        "off": off_result,
-        "on": on_result,
-        "rps_ratio": paired_ratio(off_result, on_result, "rps"),
-        "p99_ratio": paired_ratio(off_result, on_result, "p99_ms"),
+        **_on_off(run, (off, pool_off), (on, pool_on)),
         "register_us_off": round(register_off, 1),
         "register_us_on": round(register_on, 1),
     }
