@@ -41,6 +41,7 @@ class TokenVerifier:
         for key in static_keys(settings.algorithms, settings.secret, settings.public_keys):
             self._static.setdefault(key.algorithm, []).append(key)
         self._cache: LRU[bytes, Claims] = LRU(settings.verified_cache_size)
+        self._leeway = settings.leeway_seconds
         self._headers: HeaderCache = {}  # decoded JWS headers by their text (parse_compact)
         # Plain counters, read by the metrics collector at scrape time.
         self.cache_hits = 0
@@ -52,7 +53,7 @@ class TokenVerifier:
         return len(self._cache)
 
     def _check_time(self, claims: Claims) -> Claims:
-        reason = claims.time_error(self._clock.wall(), self.settings.leeway_seconds)
+        reason = claims.time_error(self._clock.wall(), self._leeway)
         if reason is not None:
             raise InvalidTokenError(reason)
         return claims
