@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import Callable
+from time import perf_counter
 from typing import Final
 
 from sidecar.config import Settings
@@ -45,7 +45,7 @@ class Answer:
     """One answer: status, headers, body. The fixed ones (deny, overload, anonymous) are
     built once; each way in may keep its own encoding of them in ``wire``."""
 
-    __slots__ = ("body", "claims", "headers", "status", "wire")
+    __slots__ = ("body", "claims", "headers", "status", "wire", "wire_now")
 
     def __init__(self, status: int, headers: tuple[tuple[str, str], ...], body: bytes = b"") -> None:
         self.status = status
@@ -54,6 +54,8 @@ class Answer:
         self.claims: Claims | None = None  # an allow: the claims it was made for
         # The check listener's encodings, by (close, HEAD): the bytes before and after Date.
         self.wire: dict[tuple[bool, bool], tuple[bytes, bytes]] = {}
+        # Its commonest encoding whole, with the Date line it was made with.
+        self.wire_now: tuple[bytes, bytes] | None = None
 
 
 def _error_body(status: int, message: str) -> bytes:
@@ -165,49 +167,47 @@ class CheckCore:
 
     def decide_now(self, facts: RequestFacts) -> Answer | None:
         """The answer when it can be given without waiting, else None: call ``decide``."""
-        started = time.perf_counter()
+        started = perf_counter()
         try:
-            answer = self._now(facts)
+            if self.routes is not None:
+                policy = self._policy(facts)
+                if policy != "required":
+                    anonymous = self._anonymous(policy, facts)
+                    if anonymous is not None:
+                        self.stats.observe(perf_counter() - started)
+                        return anonymous
+            raw = facts.authorization
+            if raw is not None and self._cookie is None:
+                claims = self.verifier.cached_bearer_bytes(raw)  # the gateway's every request
+            else:
+                claims = self._cached_claims(facts)
+            if claims is None:
+                return None
+            session_id = self.sessions.check_now(claims)
+            if session_id is None:
+                return None
+            self.stats.allowed += 1
+            answer = self._allows.get(session_id)
+            if answer is None or answer.claims is not claims:
+                answer = allow(claims, session_id)
+                answer.claims = claims
+                self._allows.put(session_id, answer)
         except InvalidTokenError as e:
             answer = self._deny(e.reason, facts)
         except Exception:
             answer = self._failed(facts)
-        if answer is not None:
-            self.stats.observe(time.perf_counter() - started)
+        self.stats.observe(perf_counter() - started)
         return answer
 
-    def _now(self, facts: RequestFacts) -> Answer | None:
-        if self.routes is not None:
-            policy = self._policy(facts)
-            if policy != "required":
-                anonymous = self._anonymous(policy, facts)
-                if anonymous is not None:
-                    return anonymous
+    def _cached_claims(self, facts: RequestFacts) -> Claims | None:
+        """The claims of the request's token when it was verified before (cookie first,
+        when one is configured and sent), else None."""
         headers = facts.headers
-        if self._cookie is None:
-            raw = facts.authorization
-            if raw is not None:
-                claims = self.verifier.cached_bearer_bytes(raw)
-            else:
-                claims = self.verifier.cached_bearer(headers.getall("authorization", _NONE))
-        else:
+        if self._cookie is not None:
             token = cookie_token(headers, self._cookie, self._max_token)
-            if token is None:
-                claims = self.verifier.cached_bearer(headers.getall("authorization", _NONE))
-            else:
-                claims = self.verifier.cached(token)
-        if claims is None:
-            return None
-        session_id = self.sessions.check_now(claims)
-        if session_id is None:
-            return None
-        self.stats.allowed += 1
-        known = self._allows.get(session_id)
-        if known is not None and known.claims is claims:
-            return known
-        answer = allow(claims, session_id)
-        answer.claims = claims
-        return self._allows.put(session_id, answer)
+            if token is not None:
+                return self.verifier.cached(token)
+        return self.verifier.cached_bearer(headers.getall("authorization", _NONE))
 
     # ------------------------------------------------------------------ with waiting
 
@@ -219,7 +219,7 @@ class CheckCore:
             # an allow) rather than an ever-growing queue (SECURITY_CASES D38).
             self.stats.overloaded += 1
             return OVERLOADED
-        started = time.perf_counter()
+        started = perf_counter()
         try:
             policy = "required" if self.routes is None else self._policy(facts)
             if policy != "required":
@@ -238,7 +238,7 @@ class CheckCore:
             return self._failed(facts)
         finally:
             in_flight.leave()
-            self.stats.observe(time.perf_counter() - started)
+            self.stats.observe(perf_counter() - started)
         self.stats.allowed += 1
         return allow(claims, session_id)
 

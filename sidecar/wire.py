@@ -30,7 +30,7 @@ from typing import Final, cast
 
 import httptools
 
-from sidecar.check import Answer, CheckCore, is_check_target
+from sidecar.check import CHECK_PREFIX, Answer, CheckCore, is_check_target
 from sidecar.config import Settings
 from sidecar.facts import RequestFacts
 
@@ -95,6 +95,7 @@ _NAMES: Final = {
     )
 }
 _METHODS: Final = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
+_TARGETS: Final = {CHECK_PREFIX.encode(): CHECK_PREFIX}  # what nginx sends, decoded once
 
 
 class _Refused(Exception):
@@ -105,17 +106,29 @@ class _Refused(Exception):
 
 
 def _encode(answer: Answer, close: bool, head: bool, date: bytes) -> bytes:
-    """The answer on the wire; the parts around the Date line are kept on the answer."""
-    variant = (close, head)
-    parts = answer.wire.get(variant)
-    if parts is None:
-        lines = [f"HTTP/1.1 {answer.status} {_REASONS[answer.status]}\r\n"]
-        lines.extend(f"{name}: {value}\r\n" for name, value in answer.headers)
-        lines.append(f"Content-Length: {len(answer.body)}\r\n")
-        if close:
-            lines.append("Connection: close\r\n")
-        parts = answer.wire[variant] = ("".join(lines).encode(), b"\r\n" + (b"" if head else answer.body))
+    """The answer on the wire; the parts around the Date line are kept on the answer, and
+    the whole keep-alive answer to a GET for as long as the Date line stays the same."""
+    if not close and not head:
+        now = answer.wire_now
+        if now is not None and now[0] is date:
+            return now[1]
+        parts = answer.wire.get((False, False)) or _parts(answer, False, False)
+        encoded = parts[0] + date + parts[1]
+        answer.wire_now = (date, encoded)
+        return encoded
+    parts = answer.wire.get((close, head)) or _parts(answer, close, head)
     return parts[0] + date + parts[1]
+
+
+def _parts(answer: Answer, close: bool, head: bool) -> tuple[bytes, bytes]:
+    variant = (close, head)
+    lines = [f"HTTP/1.1 {answer.status} {_REASONS[answer.status]}\r\n"]
+    lines.extend(f"{name}: {value}\r\n" for name, value in answer.headers)
+    lines.append(f"Content-Length: {len(answer.body)}\r\n")
+    if close:
+        lines.append("Connection: close\r\n")
+    parts = answer.wire[variant] = ("".join(lines).encode(), b"\r\n" + (b"" if head else answer.body))
+    return parts
 
 
 class _Clock:
@@ -168,6 +181,7 @@ class CheckProtocol(asyncio.Protocol):
         # The request being read.
         self.target = b""
         self.headers = _RawHeaders()
+        self.headers_kept = False
 
     # ------------------------------------------------------------------ connection
 
@@ -264,7 +278,11 @@ class CheckProtocol(asyncio.Protocol):
         self.in_message = True
         self.target = b""
         self.head_bytes = 0
-        self.headers = _RawHeaders()
+        if self.headers_kept:  # the last request's headers went to a task: they stay its own
+            self.headers = _RawHeaders()
+            self.headers_kept = False
+        else:
+            self.headers.values.clear()
         self.deadline = self.clock.now + self.listener.header_timeout
 
     def on_url(self, url: bytes) -> None:
@@ -279,20 +297,15 @@ class CheckProtocol(asyncio.Protocol):
         self.head_bytes += len(name) + len(value) + 4
         if self.head_bytes > MAX_HEAD:
             raise _Refused(HEAD_TOO_LARGE)
-        name = name.lower()
-        found = self.headers.values.get(name)
-        if found is None:
-            self.headers.values[name] = [value]
-        else:
-            found.append(value)
+        self.headers.values.setdefault(name.lower(), []).append(value)
 
     def on_headers_complete(self) -> None:
         self.in_head = False
         self.unparsed = 0
-        expect = self.headers.get("expect")
+        expect = self.headers.values.get(b"expect")
         if (
             expect is not None
-            and expect.lower() == "100-continue"
+            and expect[0].lower() == b"100-continue"
             and not self.waiting
             and not self.closing
             and self.transport is not None
@@ -306,27 +319,32 @@ class CheckProtocol(asyncio.Protocol):
         if self.closing:
             return  # pipelined after a request that ends the connection: never answered
         parser = self.parser
+        headers = self.headers
         close = (
             not parser.should_keep_alive()
-            or parser.get_http_version() != "1.1"
+            # HTTP/1.0 closes even when it asks for keep-alive (without a Connection header
+            # llhttp already says "close" for any version but 1.1; the version string is
+            # built only when there is one).
+            or (b"connection" in headers.values and parser.get_http_version() != "1.1")
             or parser.should_upgrade()
             or self.listener.draining
         )
         raw_method = parser.get_method()
         method = _METHODS.get(raw_method) or raw_method.decode("ascii", "replace")
-        target = self.target.decode("utf-8", "surrogateescape")
+        target = _TARGETS.get(self.target) or self.target.decode("utf-8", "surrogateescape")
         head = method == "HEAD"
         answer = NOT_FOUND
-        if is_check_target(target):
-            found = self.headers.values.get(b"authorization")
+        if target is CHECK_PREFIX or is_check_target(target):
+            found = headers.values.get(b"authorization")
             raw = found[0] if found is not None and len(found) == 1 else None
-            facts = RequestFacts(method, target, self.headers, self.peer, raw)
+            facts = RequestFacts(method, target, headers, self.peer, raw)
             now = self.core.decide_now(facts)
             if now is not None:
                 answer = now
             else:
                 slot = _Slot(close, head)
                 self.waiting.append(slot)
+                self.headers_kept = True
                 task = asyncio.get_running_loop().create_task(self._decide(slot, facts))
                 self.tasks.add(task)
                 task.add_done_callback(self.tasks.discard)
@@ -335,6 +353,11 @@ class CheckProtocol(asyncio.Protocol):
                 return
         if self.listener.access_log:
             access_log.info("%s %s %d", method, target[:200], answer.status)
+        if not self.waiting and not close and self.transport is not None:
+            # The gateway's every request: the answer leaves now, the connection stays open.
+            self.transport.write(_encode(answer, False, head, self.clock.date))
+            self.deadline = self.clock.now + self.listener.keepalive_timeout
+            return
         self._owe(answer, close, head)
         self._after_message(close)
 
