@@ -440,8 +440,11 @@ def gateway(run: Run, kind: str) -> dict[str, Any]:
     for server in (via_bare, via_sidecar):
         expect_allowed(server, tokens[0])
     pairs = [(via_bare, "/bench", pool), (via_sidecar, "/bench", pool)]
-    if kind == "nginx":  # nginx alone: the shipped file without its auth_request line
+    if kind == "nginx":
+        # nginx alone (the shipped file without its auth_request line), and nginx asking the
+        # raw responder (a fixed 200, no check at all): what auth_request itself costs.
         pairs.append((start_nginx(run.procs, "nginx-alone", app.port, sidecar.port, without_check=True), "/bench", pool))
+        pairs.append((start_nginx(run.procs, "nginx-raw", app.port, start_raw(run.procs).port), "/bench", pool))
     results = run.compare(pairs)
     bare_result, sidecar_result = results[0], results[1]
     run.profile(f"{kind}-sidecar", sidecar, "/bench", pool, through=via_sidecar)
@@ -457,11 +460,15 @@ def gateway(run: Run, kind: str) -> dict[str, Any]:
         "sidecar_cpu_us": round(_cpu_us(sidecar_result), 1),
         "bare_cpu_us": round(_cpu_us(bare_result), 1),
     }
-    if len(results) == 3:
-        out["alone"] = results[2]
-        out["alone_cpu_us"] = round(_cpu_us(results[2]), 1)
-        # What the check adds per allowed request over nginx alone (issue 14: <= 20 µs).
-        out["check_adds_cpu_us"] = round(cold_cost_us(results[2], sidecar_result), 1)
+    if len(results) == 4:
+        alone, raw = results[2], results[3]
+        out["alone"] = alone
+        out["alone_cpu_us"] = round(_cpu_us(alone), 1)
+        # What the check adds per allowed request over nginx alone (issue 14: <= 20 µs), and
+        # what a responder that checks nothing adds: the floor under any auth_request answer.
+        out["check_adds_cpu_us"] = round(cold_cost_us(alone, sidecar_result), 1)
+        out["raw"] = raw
+        out["raw_adds_cpu_us"] = round(cold_cost_us(alone, raw), 1)
     return out
 
 
