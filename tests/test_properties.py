@@ -34,7 +34,7 @@ import math
 import os
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -731,6 +731,17 @@ def check_requests(draw: st.DrawFn) -> CheckRequest:
     )
 
 
+def as_sent(token: GeneratedToken, form: tuple[str, str, bool]) -> GeneratedToken:
+    """The token the check reads from ``form[0] + token.text + form[1]``. RFC 6750 allows
+    several spaces after "Bearer" (``1*SP``) and the header's trailing whitespace is not
+    part of the value, so a space put in front of a token, or a space or tab after it, is
+    the unmutated token once it is in an accepted header form: judged as that token."""
+    if not form[2] or not token.how.endswith("/whitespace"):
+        return token
+    read = token.text.lstrip(" ").rstrip(" \t")
+    return token if read == token.text else replace(token, text=read, encoding_ok=True)
+
+
 async def session_id(sidecar: Sidecar, token: str) -> str:
     async with sidecar.checker.get("/introspect", headers=bearer(token)) as resp:
         assert resp.status == 200, await resp.text()
@@ -771,7 +782,7 @@ async def test_check_allows_exactly_valid_tokens_of_active_sessions(
 ) -> None:
     """The check answers only 200 or 401, and 200 exactly for a verifying token, properly sent, whose session is active."""
     sidecar, model = live
-    judged = judge(request.token)
+    judged = judge(request.token if request.form is None else as_sent(request.token, request.form))
     verdict = judged if isinstance(judged, Verdict) else None
     if request.form is None or not request.form[2] or request.duplicate:
         expected = "refused: Authorization header"
