@@ -121,6 +121,7 @@ def _encode(answer: Answer, close: bool, head: bool, date: bytes) -> bytes:
 
 
 def _parts(answer: Answer, close: bool, head: bool) -> tuple[bytes, bytes]:
+    """One variant's bytes before and after the Date line, made once and kept on the answer."""
     variant = (close, head)
     lines = [f"HTTP/1.1 {answer.status} {_REASONS[answer.status]}\r\n"]
     lines.extend(f"{name}: {value}\r\n" for name, value in answer.headers)
