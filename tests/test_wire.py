@@ -473,6 +473,44 @@ async def test_pipelined_answers_leave_in_request_order(w: Wire, monkeypatch: py
     allow_ok(await client.ask(request(token=known_token)), "known")  # and the connection goes on
 
 
+async def test_a_held_check_keeps_its_own_headers_while_later_requests_are_read(
+    w: Wire, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new token's check waits on the store while known-token checks pipelined behind it
+    are read and answered on the same connection (whose header buffer is reused between
+    requests decided at once): the session it registers records its own request's device
+    and address, not those of a later request."""
+    known_token, _ = await w.known("known")
+    store = w.services.store
+    insert = store.insert
+    release = asyncio.Event()
+    inserted: list[Session] = []
+
+    async def held_insert(session: Session, *, place: Place | None = None) -> tuple[Session, bool]:
+        await release.wait()
+        inserted.append(session)
+        return await insert(session, place=place)
+
+    monkeypatch.setattr(store, "insert", held_insert)
+    firefox = "Mozilla/5.0 (X11; Linux x86_64; rv:120.0) Gecko/20100101 Firefox/120.0"
+    curl = "curl/8.4.0"
+    client = await w.connect()
+    await client.send(
+        request(token=mint(sub="held"), headers=[("User-Agent", firefox), ("X-Forwarded-For", "203.0.113.7")])
+        + b"".join(
+            request(token=known_token, headers=[("User-Agent", curl), ("X-Forwarded-For", "198.51.100.9")])
+            for _ in range(3)
+        )
+    )
+    await assert_silent(client.reader)  # the first answer is owed first
+    release.set()
+    replies = [await read_reply(client.reader) for _ in range(4)]
+    assert [(r.status, r.get("X-Auth-User")) for r in replies] == [(200, "held")] + [(200, "known")] * 3
+    [session] = inserted
+    assert session.ip_address == "203.0.113.7"
+    assert "Firefox" in session.device and "curl" not in session.device.lower()
+
+
 # ---------------------------------------------------------------------- 4. bodies
 
 
