@@ -775,6 +775,9 @@ async def live(tmp_path: Path, start_sidecar: Callable[..., Any]) -> tuple[Sidec
     return sidecar, model
 
 
+# One HTTP check (and sometimes a revocation) per example: the dev profile's 10,000 take about
+# 90 s on a quiet 2-core machine, too close to the suite's 120 s per-test limit.
+@pytest.mark.timeout(900)
 @given(request=check_requests())
 @PROPERTY_SETTINGS
 async def test_check_allows_exactly_valid_tokens_of_active_sessions(
