@@ -342,12 +342,8 @@ class SessionService:
         if activity is None:
             self._pending[session_id] = _Activity(last_seen, expires_at)
             return
-        # Only ever later (a wall clock stepping back must not move them back); compared
-        # rather than max()ed: this runs on every check of a known session.
-        if last_seen > activity.last_seen:
-            activity.last_seen = last_seen
-        if expires_at > activity.expires_at:
-            activity.expires_at = expires_at
+        activity.last_seen = max(activity.last_seen, last_seen)
+        activity.expires_at = max(activity.expires_at, expires_at)
 
     # ------------------------------------------------------------------ memory
 
@@ -457,8 +453,7 @@ class SessionService:
             raise SessionRejectedError("cut_off")
         if self._policy_refusal(state, now) is not None:
             return None  # idle or too old by memory: ``check`` settles it with the store
-        if claims.expires_at > state.expires_at:
-            state.expires_at = claims.expires_at
+        state.expires_at = max(state.expires_at, claims.expires_at)
         state.last_seen = now
         self._note(state.id, now, state.expires_at)
         return state.id
