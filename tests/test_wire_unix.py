@@ -9,10 +9,8 @@ outside ``server.trusted_proxies`` still does not.
 from __future__ import annotations
 
 import asyncio
-import shutil
 import socket
 import stat
-import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -24,6 +22,7 @@ from sidecar.server import bind_unix
 from sidecar.web import Services, open_services
 from sidecar.wire import CheckListener
 from tests.conftest import mint, settings_for
+from tests.support.ports import unix_socket_dir
 from tests.test_wire import Client, allow_ok, assert_closed, deny_body_ok, read_reply, request
 
 CLIENT = "198.51.100.7"
@@ -32,11 +31,8 @@ CLIENT = "198.51.100.7"
 @pytest.fixture
 def socket_dir() -> Iterator[Path]:
     """A short private folder for sockets (pytest's tmp_path can pass sun_path's 107 bytes)."""
-    folder = Path(tempfile.mkdtemp(prefix="uds-", dir="/tmp"))
-    try:
+    with unix_socket_dir() as folder:
         yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 class UnixWire:
