@@ -405,8 +405,8 @@ def test_check_unix_socket_and_mode_load(tmp_path: Path) -> None:
     [
         ({"unix_socket": "run/check.sock"}, "check.unix_socket: must be an absolute path, got 'run/check.sock'"),
         ({"unix_socket": "/" + "s" * 107}, "check.unix_socket: 108 bytes is longer than a Unix socket path can be (107 bytes)"),
-        ({"unix_socket": "/tmp/\u00e9" + "s" * 101}, "check.unix_socket: 108 bytes is longer"),
-        ({"unix_socket": "/tmp/a\0b"}, "check.unix_socket: must not contain a NUL character"),
+        ({"unix_socket": "/run/\u00e9" + "s" * 101}, "check.unix_socket: 108 bytes is longer"),
+        ({"unix_socket": "/run/a\0b"}, "check.unix_socket: must not contain a NUL character"),
         ({"unix_socket": 5}, "check.unix_socket: must be a string, got an integer"),
         ({"unix_socket_mode": 0o1777}, "check.unix_socket_mode: must be between 0 and 511, got 1023"),
         ({"unix_socket_mode": -1}, "check.unix_socket_mode: must be between 0 and 511"),
