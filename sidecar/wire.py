@@ -15,6 +15,10 @@ or of the connection opening -> closed; an idle keep-alive connection closed aft
 and close); no reading while the transport's write buffer is full or too many answers
 wait in line. Bodies are read and thrown away. Nothing here ever answers 200 except
 ``CheckCore``'s allow.
+
+The socket is TCP or, with ``check.unix_socket``, a Unix domain socket (bound by
+``sidecar.server.bind_unix``); on the latter a connection has no address and its peer is
+``UNIX_PEER``, a trusted proxy for the client address; all the bounds above are the same.
 """
 
 from __future__ import annotations
