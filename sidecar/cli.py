@@ -34,6 +34,21 @@ def cmd_serve(settings: Settings) -> int:
     return run(settings)
 
 
+def _check_line(s: Settings) -> str:
+    if not s.check.enabled:
+        return (
+            "  check       no check listener (check.enabled = false): gateways use "
+            f"http://{s.server.host}:{s.server.port}/introspect"
+        )
+    if s.check.unix_socket is not None:
+        return (
+            f"  check       unix:{s.check.unix_socket} (mode {s.check.unix_socket_mode:04o}) /introspect "
+            "(the check listener on a Unix socket: point gateways here; every connection on it "
+            "counts as a trusted proxy)"
+        )
+    return f"  check       http://{s.check.host}:{s.check.port}/introspect (the check listener: point gateways here)"
+
+
 def summary(settings: Settings, path: str) -> list[str]:
     """What ``check-config`` prints: the settings that decide access, and what they cost."""
     s = settings
@@ -42,10 +57,7 @@ def summary(settings: Settings, path: str) -> list[str]:
         f"{path}: OK",
         f"  server      http://{s.server.host}:{s.server.port} (trusted proxies: "
         f"{', '.join(map(str, s.server.trusted_proxies)) or 'none'})",
-        f"  check       http://{s.check.host}:{s.check.port}/introspect (the check listener: point gateways here)"
-        if s.check.enabled
-        else f"  check       no check listener (check.enabled = false): gateways use "
-        f"http://{s.server.host}:{s.server.port}/introspect",
+        _check_line(s),
         f"  jwt         {', '.join(j.algorithms)}; user claim {j.user_claim!r}",
     ]
     if j.token_type_claim is not None:

@@ -190,11 +190,18 @@ class AdminSettings:
 @dataclass(frozen=True)
 class CheckSettings:
     """The check listener: where nginx auth_request / Envoy ext_authz / Caddy forward_auth
-    point (sidecar.wire). Connection limits and timeouts are the [server] ones."""
+    point (sidecar.wire). Connection limits and timeouts are the [server] ones.
+
+    With ``unix_socket`` (an absolute path) it listens on that Unix domain socket instead
+    of ``host``/``port``, created with the permission bits ``unix_socket_mode``: only who
+    can open the socket file can connect, so every connection on it counts as coming from
+    a trusted proxy (its X-Forwarded-For / X-Real-IP are believed)."""
 
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = 8082
+    unix_socket: str | None = None
+    unix_socket_mode: int = 0o660
 
 
 @dataclass(frozen=True)
@@ -985,8 +992,41 @@ def _admin(s: _Section) -> AdminSettings:
     ))
 
 
+# A socket's path lives in sockaddr_un.sun_path: 108 bytes on Linux with its NUL (104 on
+# the BSDs and macOS, where a longer path fails at bind time with its own error).
+MAX_UNIX_SOCKET_PATH = 107
+
+
 def _check(s: _Section) -> CheckSettings:
-    return _finish(s, CheckSettings(enabled=s.get("enabled", bool), host=s.get("host", str), port=_port(s, "port")))
+    return _finish(s, CheckSettings(
+        enabled=s.get("enabled", bool),
+        host=s.get("host", str),
+        port=_port(s, "port"),
+        unix_socket=_unix_socket(s, "unix_socket"),
+        unix_socket_mode=s.integer("unix_socket_mode", minimum=0, maximum=0o777),
+    ))
+
+
+def _unix_socket(s: _Section, k: str) -> str | None:
+    """An absolute path for a Unix domain socket, short enough for sockaddr_un; relative
+    paths are refused (the listener's address should not depend on where the file is)."""
+    v = s.optional_str(k)
+    if v is None:
+        return None
+    if "\0" in v:
+        raise ConfigError(f"{s.key(k)}: must not contain a NUL character")
+    if not os.path.isabs(v):
+        raise ConfigError(f"{s.key(k)}: must be an absolute path, got {v!r}")
+    try:
+        size = len(os.fsencode(v))
+    except UnicodeEncodeError as e:  # a lone surrogate: no file system name
+        raise ConfigError(f"{s.key(k)}: cannot use {v!r} as a path") from e
+    if size > MAX_UNIX_SOCKET_PATH:
+        raise ConfigError(
+            f"{s.key(k)}: {size} bytes is longer than a Unix socket path can be "
+            f"({MAX_UNIX_SOCKET_PATH} bytes): choose a shorter path, e.g. /run/sidecar/check.sock"
+        )
+    return v
 
 
 def _logging(s: _Section) -> LoggingSettings:

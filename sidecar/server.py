@@ -16,6 +16,7 @@ import os
 import resource
 import signal
 import socket
+import stat
 import sys
 import time
 from types import FrameType
@@ -29,10 +30,11 @@ RESTART_DELAY_SECONDS = 1.0
 
 
 def bind(settings: Settings) -> dict[str, socket.socket]:
-    """The listening sockets: "public", "check" unless ``check.enabled = false``, and
-    "admin" when admin keys are configured."""
+    """The listening sockets: "public", "check" unless ``check.enabled = false`` (on
+    ``check.unix_socket`` when set, see ``bind_unix``), and "admin" when admin keys are
+    configured."""
     wanted = {"public": (settings.server.host, settings.server.port)}
-    if settings.check.enabled:
+    if settings.check.enabled and settings.check.unix_socket is None:
         wanted["check"] = (settings.check.host, settings.check.port)
     if settings.admin.enabled:
         wanted["admin"] = (settings.admin.host, settings.admin.port)
@@ -42,11 +44,105 @@ def bind(settings: Settings) -> dict[str, socket.socket]:
     try:
         for name, address in wanted.items():
             sockets[name] = socket.create_server(address, backlog=1024)
+        if settings.check.enabled and settings.check.unix_socket is not None:
+            sockets["check"] = bind_unix(settings.check.unix_socket, settings.check.unix_socket_mode)
     except OSError:
         for s in sockets.values():
             s.close()
         raise
     return sockets
+
+
+class UnixSocketError(OSError):
+    """The check listener's Unix socket path cannot be used (the message says why)."""
+
+
+def bind_unix(path: str, mode: int) -> socket.socket:
+    """A listening Unix domain stream socket at ``path`` with permission bits ``mode``.
+
+    A socket file nobody listens on (left by a process that died) is replaced; a live one
+    (connecting succeeds) or anything that is not a socket is refused and left as it is.
+    The file is created under a umask that leaves exactly ``mode``, so it is never more
+    open than that, not even between bind and chmod; listening starts only after that.
+    Call before forking and before any thread starts (the umask is the process's).
+    """
+    parent = os.path.dirname(path)
+    if not os.path.isdir(parent):
+        raise UnixSocketError(f"check.unix_socket: the directory {parent} does not exist (create it first)")
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        pass
+    else:
+        if not stat.S_ISSOCK(st.st_mode):
+            raise UnixSocketError(f"check.unix_socket: {path} exists and is not a socket (left as it is)")
+        if _unix_socket_alive(path):
+            raise UnixSocketError(f"check.unix_socket: {path} is in use: another process listens on it")
+        log.info("check.unix_socket: removing the stale socket %s (nobody listens on it)", path)
+        os.unlink(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    bound = False
+    try:
+        old_umask = os.umask(0o777 & ~mode)
+        try:
+            sock.bind(path)
+            bound = True
+        finally:
+            os.umask(old_umask)
+        os.chmod(path, mode)  # exactly mode (bind's 0o777 minus the umask is already that)
+        sock.listen(1024)
+    except OSError as e:
+        sock.close()
+        if bound:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        raise UnixSocketError(f"check.unix_socket: cannot listen on {path}: {e.strerror or e}") from e
+    return sock
+
+
+def _unix_socket_alive(path: str) -> bool:
+    """Whether a process accepts connections on the socket file at ``path``."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(path)
+    except ConnectionRefusedError:
+        return False  # a socket file with no listener: stale
+    except OSError as e:
+        # EACCES, a full backlog (EAGAIN/timeout)...: someone may be there; never remove it.
+        raise UnixSocketError(f"check.unix_socket: cannot tell whether {path} is in use: {e.strerror or e}") from e
+    finally:
+        probe.close()
+    return True
+
+
+def _unix_socket_identity(sock: socket.socket) -> tuple[str, int, int] | None:
+    """(path, device, inode) of a bound Unix socket's file, to remove it at exit only if it
+    is still the one this process created."""
+    if sock.family != socket.AF_UNIX:
+        return None
+    path = sock.getsockname()
+    if not isinstance(path, str) or not path:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return path, st.st_dev, st.st_ino
+
+
+def _remove_unix_socket(identity: tuple[str, int, int] | None) -> None:
+    if identity is None:
+        return
+    path, dev, ino = identity
+    try:
+        st = os.lstat(path)
+        if (st.st_dev, st.st_ino) == (dev, ino):
+            os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        log.warning("check.unix_socket: cannot remove %s: %s", path, e.strerror or e)
 
 
 async def _serve(settings: Settings, sockets: dict[str, socket.socket], label: str) -> None:
@@ -86,8 +182,11 @@ async def _serve(settings: Settings, sockets: dict[str, socket.socket], label: s
             if "check" in sockets:
                 check = CheckListener(services.check, settings)
                 await check.start(sockets["check"])
-                host, port = sockets["check"].getsockname()[:2]
-                log.info("check listener on http://%s:%d/introspect%s", host, port, label)
+                if check.unix:
+                    log.info("check listener on unix:%s (/introspect)%s", sockets["check"].getsockname(), label)
+                else:
+                    host, port = sockets["check"].getsockname()[:2]
+                    log.info("check listener on http://%s:%d/introspect%s", host, port, label)
             print(f"sidecar: ready{label}", file=sys.stderr, flush=True)
             await stop.wait()
             log.info("shutting down%s: no new connections, draining requests in flight", label)
@@ -144,9 +243,14 @@ def run(settings: Settings) -> int:
     raise_open_file_limit(settings)  # before forking: the workers inherit it
     try:
         sockets = bind(settings)
+    except UnixSocketError as e:
+        print(f"sidecar: error: {e}", file=sys.stderr)
+        return 1
     except OSError as e:
         print(f"sidecar: error: cannot listen: {e}", file=sys.stderr)
         return 1
+    # Only this process (never a worker: they leave through os._exit) removes the file.
+    unix_socket = _unix_socket_identity(sockets["check"]) if "check" in sockets else None
     try:
         if settings.server.workers == 1:
             return _run_worker(settings, sockets, "")
@@ -154,6 +258,7 @@ def run(settings: Settings) -> int:
     finally:
         for s in sockets.values():
             s.close()
+        _remove_unix_socket(unix_socket)
 
 
 def _supervise(settings: Settings, sockets: dict[str, socket.socket]) -> int:

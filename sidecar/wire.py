@@ -15,6 +15,10 @@ or of the connection opening -> closed; an idle keep-alive connection closed aft
 and close); no reading while the transport's write buffer is full or too many answers
 wait in line. Bodies are read and thrown away. Nothing here ever answers 200 except
 ``CheckCore``'s allow.
+
+The socket is TCP or, with ``check.unix_socket``, a Unix domain socket (bound by
+``sidecar.server.bind_unix``); on the latter a connection has no address and its peer is
+``UNIX_PEER``, a trusted proxy for the client address; all the bounds above are the same.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import httptools
 
 from sidecar.check import CHECK_PREFIX, Answer, CheckCore, is_check_target
 from sidecar.config import Settings
+from sidecar.enrich.client_ip import UNIX_PEER
 from sidecar.facts import RequestFacts
 
 log = logging.getLogger(__name__)
@@ -197,13 +202,17 @@ class CheckProtocol(asyncio.Protocol):
             self.closing = True
             return
         listener.connections.add(self)
-        peername = transport.get_extra_info("peername")
-        if isinstance(peername, tuple) and peername:
-            self.peer = str(peername[0])
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if listener.unix:
+            # No address, no Nagle: who connects here could open the socket file.
+            self.peer = UNIX_PEER
+        else:
+            peername = transport.get_extra_info("peername")
+            if isinstance(peername, tuple) and peername:
+                self.peer = str(peername[0])
+            sock = transport.get_extra_info("socket")
+            if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.deadline = self.clock.now + listener.header_timeout
 
     def eof_received(self) -> bool:
@@ -448,14 +457,20 @@ class CheckListener:
         self.refused_connections = 0
         self.timed_out = 0
         self.malformed = 0
+        self.unix = False  # on a Unix domain socket (set by start)
         self._server: asyncio.Server | None = None
         self._ticker: asyncio.Task[None] | None = None
         # The deadlines' precision: a quarter of the shortest timeout, at most 1 s.
         self._tick = max(0.01, min(1.0, self.header_timeout / 4, self.keepalive_timeout / 4))
 
     async def start(self, sock: socket.socket) -> None:
+        """Serve on ``sock``, a bound TCP or Unix domain stream socket."""
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: CheckProtocol(self), sock=sock, backlog=1024)
+        self.unix = sock.family == socket.AF_UNIX
+        if self.unix:
+            self._server = await loop.create_unix_server(lambda: CheckProtocol(self), sock=sock, backlog=1024)
+        else:
+            self._server = await loop.create_server(lambda: CheckProtocol(self), sock=sock, backlog=1024)
         self._ticker = loop.create_task(self._run_ticker())
 
     async def _run_ticker(self) -> None:
@@ -493,4 +508,6 @@ class CheckListener:
     def port(self) -> int:
         if self._server is None:
             raise RuntimeError("the check listener is not started")
+        if self.unix:
+            raise RuntimeError("the check listener is on a Unix domain socket: it has no port")
         return int(self._server.sockets[0].getsockname()[1])

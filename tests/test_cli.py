@@ -200,6 +200,20 @@ def test_check_config_prints_the_session_policies(tmp_path: Path) -> None:
     assert "lifetime 86400 s from login, however fresh the token" in out
     assert "at most 3 active session(s) per user; beyond: revoke_oldest" in out
 
+def test_check_config_names_the_check_listeners_unix_socket(tmp_path: Path) -> None:
+    """With check.unix_socket, check-config names the socket and its mode instead of host/port."""
+    cfg = tmp_path / "unix.toml"
+    cfg.write_text(
+        f'[jwt]\nalgorithms = ["HS256"]\nsecret = "{SECRET}"\n'
+        '[check]\nunix_socket = "/run/sidecar/check.sock"\nunix_socket_mode = 0o600\n'
+    )
+    result = sidecar("check-config", "--config", str(cfg))
+    assert result.returncode == 0, result.stderr
+    [line] = [x for x in result.stdout.splitlines() if x.startswith("  check ")]
+    assert line.startswith("  check       unix:/run/sidecar/check.sock (mode 0600) /introspect")
+    assert "8082" not in line
+
+
 def test_check_config_warns_when_no_proxy_is_trusted(tmp_path: Path) -> None:
     """check-config warns that the API rate limit is one shared bucket when server.trusted_proxies is empty."""
     warning = (

@@ -379,3 +379,48 @@ def test_events_bounds_are_checked() -> None:
         _hooks(events={"retry_base_seconds": 100, "retry_max_seconds": 10})
     with pytest.raises(ConfigError, match=r"^events\.retention_days: must be between"):
         _hooks(events={"retention_days": 0})
+
+
+def test_check_listener_on_tcp_by_default(tmp_path: Path) -> None:
+    """Without unix_socket the check listener is on host/port; the mode default is 0o660."""
+    check = build(tmp_path, {}).check
+    assert check.unix_socket is None
+    assert check.unix_socket_mode == 0o660
+
+
+def test_check_unix_socket_and_mode_load(tmp_path: Path) -> None:
+    """unix_socket takes an absolute path; unix_socket_mode an integer as TOML writes 0o600."""
+    config = tmp_path / "sidecar.toml"
+    config.write_text(
+        f'[jwt]\nalgorithms = ["HS256"]\nsecret = "{SECRET}"\n'
+        '[check]\nunix_socket = "/run/sidecar/check.sock"\nunix_socket_mode = 0o600\n'
+    )
+    check = load(config).check
+    assert check.unix_socket == "/run/sidecar/check.sock"
+    assert check.unix_socket_mode == 0o600
+
+
+@pytest.mark.parametrize(
+    ("check", "expected"),
+    [
+        ({"unix_socket": "run/check.sock"}, "check.unix_socket: must be an absolute path, got 'run/check.sock'"),
+        ({"unix_socket": "/" + "s" * 107}, "check.unix_socket: 108 bytes is longer than a Unix socket path can be (107 bytes)"),
+        ({"unix_socket": "/run/\u00e9" + "s" * 101}, "check.unix_socket: 108 bytes is longer"),
+        ({"unix_socket": "/run/a\0b"}, "check.unix_socket: must not contain a NUL character"),
+        ({"unix_socket": 5}, "check.unix_socket: must be a string, got an integer"),
+        ({"unix_socket_mode": 0o1777}, "check.unix_socket_mode: must be between 0 and 511, got 1023"),
+        ({"unix_socket_mode": -1}, "check.unix_socket_mode: must be between 0 and 511"),
+        ({"unix_socket_mode": "0660"}, "check.unix_socket_mode: must be an integer, got a string"),
+    ],
+)
+def test_bad_check_unix_socket_is_one_line(tmp_path: Path, check: dict[str, Any], expected: str) -> None:
+    """A relative, too long or odd unix_socket, or a mode outside 0..0o777, stops start-up."""
+    message = error_of(tmp_path, {"check": check})
+    assert expected in message
+    assert "\n" not in message
+
+
+def test_unix_socket_path_at_the_limit_is_accepted(tmp_path: Path) -> None:
+    """A path of exactly 107 bytes fits sockaddr_un (108 with its NUL)."""
+    path = "/" + "s" * 106
+    assert build(tmp_path, {"check": {"unix_socket": path}}).check.unix_socket == path

@@ -5,6 +5,10 @@ only as far as a chain of trusted hops vouches for them: ``X-Forwarded-For`` is 
 right to left (each proxy appends the address it received the request from), trusted hops
 are skipped, and the first untrusted address is the client. Anything left of an entry we
 cannot parse was written by someone we cannot vouch for, so the walk stops there.
+
+A connection on the check listener's Unix domain socket has no address: its peer is
+``UNIX_PEER``, which is trusted as a proxy is (only who can open the socket file can
+connect), and which no TCP peer can be (``parse_address`` never reads it as an address).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Final
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -23,6 +28,9 @@ class ClientInfo:
 
     ip: IPAddress | None
     user_agent: str | None
+
+# The peer of a connection on a Unix domain socket (never an address: see the module doc).
+UNIX_PEER: Final = "unix:"
 
 # Each proxy adds one entry; no real chain is this long, and an attacker can send
 # thousands, so entries further left are never looked at.
@@ -43,13 +51,18 @@ def client_ip(
 
     ``forwarded_for`` holds every ``X-Forwarded-For`` header value as received (each a
     comma-separated list); ``real_ip`` is the ``X-Real-IP`` value. Headers count only when
-    the peer is inside ``trusted``.
+    the peer is inside ``trusted``, or is ``UNIX_PEER`` (then, with no header, the client
+    has no address: ``None``).
     """
-    peer_addr = parse_address(peer) if peer is not None else None
-    if peer_addr is None or not _is_trusted(peer_addr, trusted):
-        return peer_addr
+    peer_addr: IPAddress | None
+    if peer == UNIX_PEER:
+        peer_addr = None
+    else:
+        peer_addr = parse_address(peer) if peer is not None else None
+        if peer_addr is None or not _is_trusted(peer_addr, trusted):
+            return peer_addr
 
-    nearest_trusted: IPAddress = peer_addr
+    nearest_trusted: IPAddress | None = peer_addr
     seen_entry = False
     for entry in _entries_right_to_left(forwarded_for):
         seen_entry = True

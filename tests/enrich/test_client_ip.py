@@ -8,6 +8,7 @@ import pytest
 
 from sidecar.enrich.client_ip import (
     MAX_FORWARDED_ENTRIES,
+    UNIX_PEER,
     IPAddress,
     IPNetwork,
     client_ip,
@@ -142,6 +143,35 @@ def test_client_ip_table(
     """The client address follows the trusted-proxy rules in every case of the table."""
     result = client_ip(peer, forwarded_for, real_ip, TRUSTED)
     assert result == (ip(expected) if expected is not None else None)
+
+
+@pytest.mark.parametrize(
+    ("forwarded_for", "real_ip", "expected"),
+    [
+        pytest.param([CLIENT], None, CLIENT, id="forwarded-for"),
+        pytest.param([], CLIENT, CLIENT, id="real-ip"),
+        pytest.param([f"{ATTACKER_CLAIM}, {CLIENT}"], None, CLIENT, id="rightmost-untrusted-wins"),
+        pytest.param([f"{ATTACKER_CLAIM}, {CLIENT}, 10.0.0.3"], None, CLIENT, id="trusted-hops-skipped"),
+        pytest.param(["10.0.0.2, 10.0.0.3"], None, "10.0.0.2", id="all-trusted-leftmost"),
+        pytest.param([f"{CLIENT}, junk"], None, None, id="junk-beside-the-socket-is-no-address"),
+        pytest.param([], None, None, id="no-header-no-address"),
+    ],
+)
+def test_unix_socket_peer_is_a_trusted_proxy(
+    forwarded_for: list[str], real_ip: str | None, expected: str | None
+) -> None:
+    """A connection on the Unix socket counts as a trusted proxy: its forwarded headers are
+    believed by the same right-to-left rule, and with none the client has no address."""
+    result = client_ip(UNIX_PEER, forwarded_for, real_ip, TRUSTED)
+    assert result == (ip(expected) if expected is not None else None)
+
+
+def test_unix_peer_marker_is_no_address_and_a_tcp_peer_outside_trusted_is_not_believed() -> None:
+    """The Unix marker cannot be an address a TCP peer has, and a TCP peer outside
+    trusted_proxies is still the client whatever its headers say."""
+    assert parse_address(UNIX_PEER) is None
+    assert client_ip(UNIX_PEER, [CLIENT], None, ()) == ip(CLIENT)  # with no trusted_proxies too
+    assert client_ip("192.0.2.9", [CLIENT], CLIENT, TRUSTED) == ip("192.0.2.9")
 
 
 def test_no_trusted_networks_ignores_headers() -> None:

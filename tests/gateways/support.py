@@ -27,6 +27,7 @@ from tests.support.gateways import (
     gateway_ports,
     nginx_argv,
     nginx_conf_dir,
+    rewrite_ports,
     write_rewritten,
 )
 from tests.support.ports import free_ports
@@ -145,11 +146,15 @@ def run_nginx(
 
 
 @contextmanager
-def run_envoy(workdir: Path, app_port: int, sidecar_port: int, check_port: int) -> Iterator[Gateway]:
-    """Envoy with contrib/envoy/envoy.yaml, ports rewritten."""
+def run_envoy(
+    workdir: Path, app_port: int, sidecar_port: int, check_port: int, config_text: str | None = None
+) -> Iterator[Gateway]:
+    """Envoy with contrib/envoy/envoy.yaml (or ``config_text``, a variant of it), ports rewritten."""
     envoy = find_binary("envoy")
     [port] = free_ports(1)
-    config = write_rewritten(ENVOY_YAML, workdir / "envoy.yaml", gateway_ports(port, app_port, sidecar_port, check_port))
+    config = workdir / "envoy.yaml"
+    text = ENVOY_YAML.read_text() if config_text is None else config_text
+    config.write_text(rewrite_ports(text, gateway_ports(port, app_port, sidecar_port, check_port)))
     # Several Envoys run at once here: without hot restart they share no base id. Two
     # worker threads are plenty for the tests on any machine.
     argv = [envoy, "-c", str(config), "--disable-hot-restart", "--concurrency", "2"]

@@ -34,6 +34,34 @@ def rewrite_ports(text: str, ports: Mapping[int, int]) -> str:
     return pattern.sub(lambda m: str(ports[int(m.group(1))]), text)
 
 
+NGINX_CHECK_TCP = "    server 127.0.0.1:8082;\n"
+NGINX_CHECK_UNIX = "    # server unix:/run/sidecar/check.sock;\n"
+
+
+def nginx_check_on_unix_socket(text: str, path: Path) -> str:
+    """contrib/nginx/sidecar.conf with its sidecar_check upstream on the Unix socket at
+    ``path``: the shipped commented ``server unix:`` line in use, the TCP one commented out."""
+    for line in (NGINX_CHECK_TCP, NGINX_CHECK_UNIX):
+        if text.count(line) != 1:
+            raise HarnessError(f"the shipped nginx configuration no longer has the line {line.strip()!r} once")
+    return text.replace(NGINX_CHECK_TCP, "    # server 127.0.0.1:8082;\n").replace(
+        NGINX_CHECK_UNIX, f"    server unix:{path};\n"
+    )
+
+
+ENVOY_CHECK_TCP = "              socket_address: { address: 127.0.0.1, port_value: 8082 }\n"
+ENVOY_CHECK_UNIX = "              # pipe: { path: /run/sidecar/check.sock }\n"
+
+
+def envoy_check_on_unix_socket(text: str, path: Path) -> str:
+    """contrib/envoy/envoy.yaml with its sidecar_check endpoint on the Unix socket at
+    ``path``: the shipped commented ``pipe`` address in use instead of the socket_address."""
+    for line in (ENVOY_CHECK_TCP, ENVOY_CHECK_UNIX):
+        if text.count(line) != 1:
+            raise HarnessError(f"the shipped Envoy configuration no longer has the line {line.strip()!r} once")
+    return text.replace(ENVOY_CHECK_TCP, "").replace(ENVOY_CHECK_UNIX, f"              pipe: {{ path: {path} }}\n")
+
+
 def write_rewritten(source: Path, target: Path, ports: Mapping[int, int]) -> Path:
     """``source`` with its ports rewritten, written to ``target``."""
     target.write_text(rewrite_ports(source.read_text(), ports))

@@ -1,11 +1,15 @@
-"""Loopback ports: free ones, whether one listens, and one that never answers."""
+"""Loopback ports: free ones, whether one listens, and one that never answers; a folder
+for Unix domain sockets."""
 
 from __future__ import annotations
 
+import shutil
 import socket
+import tempfile
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 HOST = "127.0.0.1"
 
@@ -55,3 +59,27 @@ def blackhole() -> Iterator[int]:
         s.bind((HOST, 0))
         s.listen(128)
         yield s.getsockname()[1]
+
+
+@contextmanager
+def unix_socket_dir() -> Iterator[Path]:
+    """A new private folder under /tmp for Unix domain sockets, removed afterwards: pytest's
+    tmp_path can be longer than the 107 bytes a socket path may have."""
+    folder = Path(tempfile.mkdtemp(prefix="sidecar-uds-", dir="/tmp"))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def unix_socket_answers(path: Path | str) -> bool:
+    """Whether something accepts connections on the Unix socket at ``path``."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(1.0)
+    try:
+        s.connect(str(path))
+    except OSError:
+        return False
+    finally:
+        s.close()
+    return True
