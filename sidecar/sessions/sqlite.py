@@ -221,8 +221,7 @@ class SqliteStore:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             _create_private(self.path)
             self._writer = await self._connect()
-            async with self._writer.execute("PRAGMA journal_mode = WAL") as cur:
-                row = await cur.fetchone()
+            row = await self._wal(self._writer)
             if row is None or str(row[0]).lower() != "wal":
                 log.warning("sqlite: WAL mode unavailable for %s (got %s)", self.path, row)
             await self._migrate()
@@ -234,6 +233,23 @@ class SqliteStore:
         except BaseException:
             await self.close()
             raise
+
+    async def _wal(self, conn: aiosqlite.Connection) -> Any:
+        """``PRAGMA journal_mode = WAL``, again while another process holds the file's lock.
+
+        Workers started together on a new file all switch it at once, and SQLite answers
+        the switch "database is locked" at once, without its busy handler (waiting could
+        deadlock): so this waits here, within the same busy timeout.
+        """
+        deadline = asyncio.get_running_loop().time() + self.busy_timeout_ms / 1000
+        while True:
+            try:
+                async with conn.execute("PRAGMA journal_mode = WAL") as cur:
+                    return await cur.fetchone()
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or asyncio.get_running_loop().time() >= deadline:
+                    raise
+            await asyncio.sleep(0.02)
 
     async def close(self) -> None:
         for conn in (self._scanner, self._reader, self._writer):
