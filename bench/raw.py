@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
 
@@ -46,12 +47,16 @@ class Responder(asyncio.Protocol):
             self.transport.write(ANSWER)
 
 
-async def serve(host: str, port: int) -> None:
+async def serve(host: str, port: int | None, unix: str | None = None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    server = await loop.create_server(Responder, host, port, backlog=1024)
+    if unix is not None:
+        server = await loop.create_unix_server(Responder, unix, backlog=1024)
+        os.chmod(unix, 0o660)  # nginx's workers reach it through the folder's group (gateway_socket_dir)
+    else:
+        server = await loop.create_server(Responder, host, port, backlog=1024)
     print("raw: ready", file=sys.stderr, flush=True)
     try:
         await stop.wait()
@@ -63,14 +68,16 @@ async def serve(host: str, port: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.raw", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, required=True)
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--port", type=int)
+    where.add_argument("--unix", help="listen on this Unix domain socket path instead")
     args = parser.parse_args()
     try:
         import uvloop
     except ImportError:
-        asyncio.run(serve(args.host, args.port))
+        asyncio.run(serve(args.host, args.port, args.unix))
     else:
-        uvloop.run(serve(args.host, args.port))
+        uvloop.run(serve(args.host, args.port, args.unix))
 
 
 if __name__ == "__main__":

@@ -164,6 +164,8 @@ def targets(results: dict[str, Any]) -> list[Target]:
             if "check_adds_cpu_us" in g:
                 added = g["check_adds_cpu_us"]
                 floor = f"; a fixed 200 adds {g['raw_adds_cpu_us']:.1f}" if "raw_adds_cpu_us" in g else ""
+                if "unix_adds_cpu_us" in g:
+                    floor += f"; on the Unix socket {g['unix_adds_cpu_us']:.1f}, a fixed 200 {g['raw_unix_adds_cpu_us']:.1f}"
                 out.append(Target(f"server CPU the check adds per request over {kind} alone (µs{floor})", added,
                                   "<= 20", f"{added:.1f} µs"))
     if "sessions" in results:
@@ -256,6 +258,11 @@ def render(results: dict[str, Any], meta: dict[str, Any], profiles: Sequence[Pro
             if "raw" in g:
                 row("3", "nginx auth_request → raw httptools responder (checks nothing)", g["raw"],
                     f"auth_request itself adds {g['raw_adds_cpu_us']:.1f} µs")
+            if "unix" in g:
+                row("3", "nginx auth_request → sidecar on its Unix socket", g["unix"],
+                    f"the check adds {g['unix_adds_cpu_us']:.1f} µs")
+                row("3", "nginx auth_request → raw responder on a Unix socket", g["raw_unix"],
+                    f"auth_request itself adds {g['raw_unix_adds_cpu_us']:.1f} µs")
     if "sessions" in results:
         ss = results["sessions"]
         keys = [k for k in ss if k.isdigit()]

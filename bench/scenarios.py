@@ -20,6 +20,7 @@ committed with ``synchronous=FULL`` (an fsync) and is reported on its own row fo
 from __future__ import annotations
 
 import base64
+import contextlib
 import math
 import statistics
 import time
@@ -60,6 +61,7 @@ from bench.tokens import (
     signature_only_us,
     write_pool,
 )
+from tests.support.ports import gateway_socket_dir
 from tests.support.processes import rss_kib
 
 POOL = 1_000  # cached tokens, one per session
@@ -440,15 +442,26 @@ def gateway(run: Run, kind: str) -> dict[str, Any]:
     for server in (via_bare, via_sidecar):
         expect_allowed(server, tokens[0])
     pairs = [(via_bare, "/bench", pool), (via_sidecar, "/bench", pool)]
-    if kind == "nginx":
-        # nginx alone (the shipped file without its auth_request line), and nginx asking the
-        # raw responder (a fixed 200, no check at all): what auth_request itself costs.
-        pairs.append((start_nginx(run.procs, "nginx-alone", app.port, sidecar.port, without_check=True), "/bench", pool))
-        pairs.append((start_nginx(run.procs, "nginx-raw", app.port, start_raw(run.procs).port), "/bench", pool))
-    results = run.compare(pairs)
-    bare_result, sidecar_result = results[0], results[1]
-    run.profile(f"{kind}-sidecar", sidecar, "/bench", pool, through=via_sidecar)
-    run.procs.stop_all()
+    with contextlib.ExitStack() as stack:  # the Unix sockets' folder, removed at the end
+        if kind == "nginx":
+            # nginx alone (the shipped file without its auth_request line), and nginx asking the
+            # raw responder (a fixed 200, no check at all): what auth_request itself costs.
+            pairs.append((start_nginx(run.procs, "nginx-alone", app.port, sidecar.port, without_check=True), "/bench", pool))
+            pairs.append((start_nginx(run.procs, "nginx-raw", app.port, start_raw(run.procs).port), "/bench", pool))
+            # The same two over the check listener's Unix socket ([check] unix_socket) instead of TCP.
+            folder = stack.enter_context(gateway_socket_dir())
+            uds = run.sidecar(f"sidecar-{kind}-unix", key, extra={"check": {"unix_socket": str(folder / "check.sock")}})
+            introspect_each(uds.aiohttp, tokens)  # the same sessions, registered in its own store
+            start_raw(run.procs, "raw-unix", unix=folder / "raw.sock")
+            for name, sock in (("nginx-sidecar-unix", "check.sock"), ("nginx-raw-unix", "raw.sock")):
+                # (The TCP check port is unused; the sessions API upstream gets the public one.)
+                via_unix = start_nginx(run.procs, name, app.port, uds.public_port, check_socket=folder / sock)
+                expect_allowed(via_unix, tokens[0])
+                pairs.append((via_unix, "/bench", pool))
+        results = run.compare(pairs)
+        bare_result, sidecar_result = results[0], results[1]
+        run.profile(f"{kind}-sidecar", sidecar, "/bench", pool, through=via_sidecar)
+        run.procs.stop_all()
     out = {
         "app": "nginx return 200",
         "check_listener": True,
@@ -460,8 +473,8 @@ def gateway(run: Run, kind: str) -> dict[str, Any]:
         "sidecar_cpu_us": round(_cpu_us(sidecar_result), 1),
         "bare_cpu_us": round(_cpu_us(bare_result), 1),
     }
-    if len(results) == 4:
-        alone, raw = results[2], results[3]
+    if len(results) == 6:
+        alone, raw, unix, raw_unix = results[2], results[3], results[4], results[5]
         out["alone"] = alone
         out["alone_cpu_us"] = round(_cpu_us(alone), 1)
         # What the check adds per allowed request over nginx alone (issue 14: <= 20 µs), and
@@ -469,6 +482,10 @@ def gateway(run: Run, kind: str) -> dict[str, Any]:
         out["check_adds_cpu_us"] = round(cold_cost_us(alone, sidecar_result), 1)
         out["raw"] = raw
         out["raw_adds_cpu_us"] = round(cold_cost_us(alone, raw), 1)
+        out["unix"] = unix
+        out["unix_adds_cpu_us"] = round(cold_cost_us(alone, unix), 1)
+        out["raw_unix"] = raw_unix
+        out["raw_unix_adds_cpu_us"] = round(cold_cost_us(alone, raw_unix), 1)
     return out
 
 

@@ -36,6 +36,7 @@ from tests.support.gateways import (
     NGINX_SERVER_BLOCK,
     gateway_ports,
     nginx_argv,
+    nginx_check_on_unix_socket,
     nginx_conf_dir,
     write_rewritten,
 )
@@ -77,11 +78,14 @@ def start_bare(
     return Server(name, port, proc)
 
 
-def start_raw(procs: Processes, name: str = "raw") -> Server:
-    """bench.raw: a fixed 200 from httptools on uvloop, the check listener's ceiling."""
+def start_raw(procs: Processes, name: str = "raw", *, unix: Path | None = None) -> Server:
+    """bench.raw: a fixed 200 from httptools on uvloop, the check listener's ceiling (with
+    ``unix``, on that Unix socket: ``port`` is then unused)."""
     [port] = free_ports(1)
-    argv = [sys.executable, "-m", "bench.raw", "--port", str(port)]
-    return Server(name, port, procs.start(name, argv, log_says("raw: ready", port), env=REPO_ON_PATH))
+    where = ["--unix", str(unix)] if unix is not None else ["--port", str(port)]
+    argv = [sys.executable, "-m", "bench.raw", *where]
+    ready = log_says("raw: ready", port) if unix is None else (lambda service: service.says("raw: ready"))
+    return Server(name, port, procs.start(name, argv, ready, env=REPO_ON_PATH))
 
 
 @dataclass(frozen=True)
@@ -380,14 +384,23 @@ def start_app(procs: Processes) -> Server:
 
 
 def start_nginx(
-    procs: Processes, name: str, app_port: int, check_port: int, *, without_check: bool = False
+    procs: Processes,
+    name: str,
+    app_port: int,
+    check_port: int,
+    *,
+    without_check: bool = False,
+    check_socket: Path | None = None,
 ) -> Server:
     """contrib/nginx/{nginx,sidecar}.conf with the ports rewritten, in a private prefix;
     ``without_check``: the same file with its ``auth_request`` line taken out (nginx alone:
-    what the check adds is measured against it)."""
+    what the check adds is measured against it); ``check_socket``: its check upstream on
+    that Unix socket (the shipped commented line)."""
     nginx = nginx_with_auth_request()
     [port] = free_ports(1)
     block = NGINX_SERVER_BLOCK.read_text()
+    if check_socket is not None:
+        block = nginx_check_on_unix_socket(block, check_socket)
     if without_check:
         line = "        auth_request /_sidecar/check;\n"
         if line not in block:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import pwd
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +12,7 @@ from tests.gateways.conftest import OTHER_CLIENT_ADDRESS, Launcher
 from tests.gateways.contract import GatewayContract, assert_refused_401, only_request, send, values
 from tests.gateways.support import Gateway, Upstream, mint, probe_path, run_nginx
 from tests.support.gateways import NGINX_SERVER_BLOCK, nginx_check_on_unix_socket
-from tests.support.ports import unix_socket_dir
+from tests.support.ports import gateway_socket_dir
 from tests.support.sidecar import SidecarProcess, run_sidecar
 from tests.support.tokens import ADMIN_KEY, bearer
 
@@ -59,13 +57,8 @@ class TestNginx(GatewayContract):
 
 @pytest.fixture(scope="module")
 def unix_socket_folder() -> Iterator[Path]:
-    """The socket's folder, set up as a deployment would: run as root, nginx's workers are
-    nobody, so the folder belongs to nobody's group with the setgid bit (the socket file
-    inherits that group, and unix_socket_mode 0o660 lets the workers connect)."""
-    with unix_socket_dir() as folder:
-        if os.geteuid() == 0:
-            os.chown(folder, -1, pwd.getpwnam("nobody").pw_gid)
-            os.chmod(folder, 0o2750)  # noqa: S103 (group-readable on purpose: the workers must reach the socket)
+    """The socket's folder, as a deployment would set it up for nginx's workers."""
+    with gateway_socket_dir() as folder:
         yield folder
 
 

@@ -3,6 +3,8 @@ for Unix domain sockets."""
 
 from __future__ import annotations
 
+import os
+import pwd
 import shutil
 import socket
 import tempfile
@@ -70,6 +72,18 @@ def unix_socket_dir() -> Iterator[Path]:
         yield folder
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextmanager
+def gateway_socket_dir() -> Iterator[Path]:
+    """``unix_socket_dir`` set up as a deployment would for a gateway run by root, whose
+    workers are nobody: the folder belongs to nobody's group with the setgid bit, so a
+    socket file made in it inherits that group and mode 0o660 lets the workers connect."""
+    with unix_socket_dir() as folder:
+        if os.geteuid() == 0:
+            os.chown(folder, -1, pwd.getpwnam("nobody").pw_gid)
+            os.chmod(folder, 0o2750)  # noqa: S103 (group-readable on purpose: the workers must reach the socket)
+        yield folder
 
 
 def unix_socket_answers(path: Path | str) -> bool:
