@@ -30,6 +30,7 @@ from sidecar.enrich.device import DeviceParser
 from sidecar.errors import StoreUnavailableError
 from sidecar.events.models import Place
 from sidecar.logs import _RequestIdFilter
+from sidecar.server import bind_unix
 from sidecar.sessions.models import Session
 from sidecar.tokens.bearer import BEARER_CHALLENGE
 from sidecar.web import Services, open_services
@@ -164,8 +165,13 @@ class Wire:
     listener: CheckListener
     services: Services
     clients: list[Client] = field(default_factory=list)
+    path: Path | None = None  # the Unix socket it listens on, when not loopback TCP
 
     async def connect(self, *, rcvbuf: int | None = None) -> Client:
+        if self.path is not None:
+            reader, writer = await asyncio.open_unix_connection(str(self.path))
+            self.clients.append(unix_client := Client(reader, writer))
+            return unix_client
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         if rcvbuf is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
@@ -226,17 +232,24 @@ async def start_wire(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIt
     async with AsyncExitStack() as stack:
         started: list[Wire] = []
 
-        async def start(*, sndbuf: int | None = None, **sections: Any) -> Wire:
+        async def start(*, sndbuf: int | None = None, unix: Path | None = None, **sections: Any) -> Wire:
+            """``unix``: on that Unix socket path (``check.unix_socket``), bound as
+            ``sidecar serve`` binds it; else on a loopback TCP port."""
             folder = tmp_path / f"wire{len(started)}"
             folder.mkdir()
+            if unix is not None:
+                sections["check"] = {"unix_socket": str(unix), **sections.get("check", {})}
             settings = settings_for(folder, **sections)
             services = await stack.enter_async_context(open_services(settings))
             listener = CheckListener(services.check, settings)
-            sock = socket.create_server(("127.0.0.1", 0))
+            if unix is not None:
+                sock = bind_unix(str(unix), settings.check.unix_socket_mode)
+            else:
+                sock = socket.create_server(("127.0.0.1", 0))
             if sndbuf is not None:  # inherited by every accepted connection (Linux)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
             await listener.start(sock)
-            wire = Wire(listener, services)
+            wire = Wire(listener, services, path=unix)
             started.append(wire)
             return wire
 

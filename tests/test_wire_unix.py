@@ -8,24 +8,21 @@ outside ``server.trusted_proxies`` still does not.
 
 from __future__ import annotations
 
-import asyncio
-import socket
 import stat
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import AsyncExitStack
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from sidecar.server import bind_unix
-from sidecar.web import Services, open_services
-from sidecar.wire import CheckListener
-from tests.conftest import mint, settings_for
+from tests import test_wire
+from tests.conftest import mint
 from tests.support.ports import unix_socket_dir
-from tests.test_wire import Client, allow_ok, assert_closed, deny_body_ok, read_reply, request
+from tests.test_wire import StartWire, Wire, allow_ok, assert_closed, deny_body_ok, read_reply, request
 
 CLIENT = "198.51.100.7"
+start_wire = test_wire.start_wire  # the listener fixture of tests/test_wire.py, used here by name
 
 
 @pytest.fixture
@@ -35,66 +32,20 @@ def socket_dir() -> Iterator[Path]:
         yield folder
 
 
-class UnixWire:
-    """A check listener on a Unix socket (or on loopback TCP, to compare) and its services."""
-
-    def __init__(self, listener: CheckListener, services: Services, path: Path | None, port: int | None) -> None:
-        self.listener = listener
-        self.services = services
-        self.path = path
-        self.port = port
-        self.clients: list[Client] = []
-
-    async def connect(self) -> Client:
-        if self.path is not None:
-            reader, writer = await asyncio.open_unix_connection(str(self.path))
-        else:
-            assert self.port is not None
-            reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
-        client = Client(reader, writer)
-        self.clients.append(client)
-        return client
-
-
-StartUnixWire = Callable[..., Awaitable[UnixWire]]
-
-
 @pytest.fixture
-async def start_unix_wire(tmp_path: Path, socket_dir: Path) -> AsyncIterator[StartUnixWire]:
-    """Factory: ``await start(tcp=False, **sections)`` -> a started listener on its own services."""
-    async with AsyncExitStack() as stack:
-        started: list[UnixWire] = []
+def start_unix_wire(start_wire: StartWire, socket_dir: Path) -> StartWire:
+    """``start_wire`` on a Unix socket in ``socket_dir`` (``tcp=True``: on loopback TCP, to compare)."""
+    count = 0
 
-        async def start(*, tcp: bool = False, **sections: Any) -> UnixWire:
-            folder = tmp_path / f"wire{len(started)}"
-            folder.mkdir()
-            path = socket_dir / f"check{len(started)}.sock"
-            if not tcp:
-                sections["check"] = {"unix_socket": str(path), **sections.get("check", {})}
-            settings = settings_for(folder, **sections)
-            services = await stack.enter_async_context(open_services(settings))
-            listener = CheckListener(services.check, settings)
-            if tcp:
-                sock = socket.create_server(("127.0.0.1", 0))
-            else:
-                assert settings.check.unix_socket is not None
-                sock = bind_unix(settings.check.unix_socket, settings.check.unix_socket_mode)
-            await listener.start(sock)
-            port = None if not tcp else int(sock.getsockname()[1])
-            wire = UnixWire(listener, services, None if tcp else path, port)
-            started.append(wire)
-            return wire
+    async def start(*, tcp: bool = False, **sections: Any) -> Wire:
+        nonlocal count
+        count += 1
+        return await start_wire(unix=None if tcp else socket_dir / f"check{count}.sock", **sections)
 
-        try:
-            yield start
-        finally:
-            for wire in started:
-                for client in wire.clients:
-                    client.writer.close()
-                await wire.listener.shutdown(0)
+    return start
 
 
-async def test_unix_socket_allows_a_known_token_and_denies_without_one(start_unix_wire: StartUnixWire) -> None:
+async def test_unix_socket_allows_a_known_token_and_denies_without_one(start_unix_wire: StartWire) -> None:
     """On the Unix socket a new token registers and is allowed, the same token is allowed
     again at once, and a request without one is the usual 401."""
     w = await start_unix_wire()
@@ -111,7 +62,7 @@ async def test_unix_socket_allows_a_known_token_and_denies_without_one(start_uni
 
 
 async def test_unix_socket_keeps_alive_and_answers_pipelined_requests_in_order(
-    start_unix_wire: StartUnixWire,
+    start_unix_wire: StartWire,
 ) -> None:
     """One connection: two pipelined requests (allow, deny) answered in that order, without
     Connection: close, and the connection serves the next request; Connection: close ends it."""
@@ -131,7 +82,7 @@ async def test_unix_socket_keeps_alive_and_answers_pipelined_requests_in_order(
     await assert_closed(client.reader)
 
 
-async def test_forwarded_client_address_is_believed_on_the_unix_socket(start_unix_wire: StartUnixWire) -> None:
+async def test_forwarded_client_address_is_believed_on_the_unix_socket(start_unix_wire: StartWire) -> None:
     """A session registered through the Unix socket records the X-Forwarded-For address
     (the connection counts as a trusted proxy), even with no trusted_proxies configured."""
     w = await start_unix_wire(server={"trusted_proxies": []})
@@ -144,7 +95,7 @@ async def test_forwarded_client_address_is_believed_on_the_unix_socket(start_uni
     assert row is not None and row.ip_address == CLIENT
 
 
-async def test_no_forwarded_header_on_the_unix_socket_records_no_address(start_unix_wire: StartUnixWire) -> None:
+async def test_no_forwarded_header_on_the_unix_socket_records_no_address(start_unix_wire: StartWire) -> None:
     """Without a forwarded header a Unix-socket session has no address (never a made-up one)."""
     w = await start_unix_wire()
     client = await w.connect()
@@ -156,7 +107,7 @@ async def test_no_forwarded_header_on_the_unix_socket_records_no_address(start_u
     assert row is not None and row.ip_address is None
 
 
-async def test_tcp_peer_outside_trusted_proxies_is_still_not_believed(start_unix_wire: StartUnixWire) -> None:
+async def test_tcp_peer_outside_trusted_proxies_is_still_not_believed(start_unix_wire: StartWire) -> None:
     """On TCP, a peer (127.0.0.1) outside server.trusted_proxies is the client, whatever
     its X-Forwarded-For says: the Unix socket's trust does not reach the TCP path."""
     w = await start_unix_wire(tcp=True, server={"trusted_proxies": ["10.0.0.0/8"]})
@@ -170,7 +121,7 @@ async def test_tcp_peer_outside_trusted_proxies_is_still_not_believed(start_unix
     assert row is not None and row.ip_address == "127.0.0.1"
 
 
-async def test_unix_socket_past_max_connections_gets_503_and_close(start_unix_wire: StartUnixWire) -> None:
+async def test_unix_socket_past_max_connections_gets_503_and_close(start_unix_wire: StartWire) -> None:
     """server.max_connections bounds the Unix socket's connections as it does TCP's."""
     w = await start_unix_wire(server={"max_connections": 1})
     first = await w.connect()
