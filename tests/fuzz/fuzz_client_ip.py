@@ -4,7 +4,8 @@ Contract: both return an address or None and never raise; the result never carri
 IPv6 zone and is never an IPv4-mapped IPv6 address; with no peer or an unparseable one
 the result is None; with an untrusted peer it is the peer; otherwise it is the peer or an
 address that literally occurs in ``X-Forwarded-For`` / ``X-Real-IP`` once zone id,
-brackets and port are stripped. ``parse_address`` likewise returns only what literally
+brackets and port are stripped. ``UNIX_PEER`` (a connection on the check listener's Unix
+socket: no address, trusted as a proxy) gives None or an address from those headers. ``parse_address`` likewise returns only what literally
 occurs in its text.
 """
 
@@ -15,7 +16,7 @@ import ipaddress
 import atheris
 
 with atheris.instrument_imports(include=["sidecar", "ipaddress"]):
-    from sidecar.enrich.client_ip import IPAddress, client_ip, parse_address
+    from sidecar.enrich.client_ip import UNIX_PEER, IPAddress, client_ip, parse_address
 
 from tests.fuzz.common import fuzz, text
 
@@ -27,7 +28,7 @@ ADDRESSES = [
     "127.0.0.1", "10.1.2.3", "203.0.113.7", "::1", "fd00::5", "2001:db8::1", "[2001:db8::1]", "[2001:db8::1]:443",
     "203.0.113.7:8080", "fe80::1%eth0", "[fe80::1%25eth0]:80", "::ffff:203.0.113.7", "::ffff:10.0.0.1",
     "[::ffff:127.0.0.1]", "unknown", "_hidden", "", " ", "1.2.3", "01.2.3.4", "1.2.3.4:", "1.2.3.4:99999",
-    "[1.2.3.4]", "2001:db8::1:80", "::", "0.0.0.0", "::ffff:0:0",  # noqa: S104  # an address as data, not a bind "[::1]x", "[::1]:0x1", "\uff11.\uff12.\uff13.\uff14",
+    "[1.2.3.4]", "2001:db8::1:80", UNIX_PEER, "::", "0.0.0.0", "::ffff:0:0",  # noqa: S104  # an address as data, not a bind "[::1]x", "[::1]:0x1", "\uff11.\uff12.\uff13.\uff14",
 ]
 
 
@@ -84,6 +85,12 @@ def test_one_input(data: bytes) -> None:
 
     result = client_ip(peer, forwarded, real_ip, TRUSTED)
     well_formed(result)
+    from_headers: set[IPAddress] = set()
+    for value in [*forwarded, real_ip or ""]:
+        from_headers |= addresses_in(value)
+    if peer == UNIX_PEER:
+        assert result is None or result in from_headers, f"Unix-socket peer, yet {result!r} is not in the headers"
+        return
     peer_addr = parse_address(peer) if peer is not None else None
     if peer_addr is None:
         assert result is None, f"no usable peer ({peer!r}), yet {result!r}"
@@ -91,10 +98,7 @@ def test_one_input(data: bytes) -> None:
     if not any(peer_addr in n for n in TRUSTED):
         assert result == peer_addr, f"untrusted peer {peer!r}, yet {result!r} from the headers"
         return
-    literal: set[IPAddress] = {peer_addr}
-    for value in [*forwarded, real_ip or ""]:
-        literal |= addresses_in(value)
-    assert result in literal, f"{result!r} is neither the peer nor in the headers {forwarded!r} / {real_ip!r}"
+    assert result in from_headers | {peer_addr}, f"{result!r} is neither the peer nor in the headers {forwarded!r} / {real_ip!r}"
 
 
 if __name__ == "__main__":
